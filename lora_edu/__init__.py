@@ -1,0 +1,14 @@
+"""lora_edu — the reference code behind the "Rank to LoRA" notebook course.
+
+Each module is small enough to read beside the chapter that teaches it:
+
+- :mod:`lora_edu.env`     — pick the device, report versions, seed everything (chapter 00)
+- :mod:`lora_edu.checks`  — the feedback that the course's exercises give
+
+Later chapters add their own modules (rank, low-rank approximation, LoRA layers).
+"""
+from lora_edu.env import describe, pick_device, seed_everything, setup_notebook, versions
+
+__version__ = "0.1.0"
+
+__all__ = ["describe", "pick_device", "seed_everything", "setup_notebook", "versions", "__version__"]

@@ -1,0 +1,91 @@
+"""The exercise feedback: right answers pass, typical slips get a message that names them."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lora_edu.checks import Feedback, check_choice, check_integer, check_matrix, check_shape, require_answer
+from lora_edu.checks.welcome import check_batch_forward
+
+
+def test_feedback_is_an_assertion_error():
+    assert issubclass(Feedback, AssertionError)
+
+
+def test_missing_answer_is_named():
+    with pytest.raises(Feedback, match="`rank_A` has no answer yet"):
+        require_answer(None, "rank_A")
+
+
+def test_check_shape_recognises_a_transpose():
+    with pytest.raises(Feedback, match="transposed"):
+        check_shape(np.zeros((3, 2)), (2, 3), "B")
+    with pytest.raises(Feedback, match=r"shape \(4,\)"):
+        check_shape(np.zeros(4), (2, 3), "B")
+
+
+def test_check_matrix_names_scaling_and_transpose_slips():
+    M = np.arange(9.0).reshape(3, 3) + 1
+    check_matrix(M.copy(), M, "M")
+    with pytest.raises(Feedback, match="times 2"):
+        check_matrix(2 * M, M, "M")
+    with pytest.raises(Feedback, match="transpose"):
+        check_matrix(M.T, M, "M")
+    with pytest.raises(Feedback, match="wrong values"):
+        check_matrix(M + np.eye(3), M, "M")
+    with pytest.raises(Feedback, match="NaN"):
+        check_matrix(M * np.nan, M, "M")
+    with pytest.raises(Feedback, match="cannot be read"):
+        check_matrix([[1, "a"], [2, 3]], np.eye(2), "M")
+
+
+def test_check_matrix_accepts_torch_tensors():
+    torch = pytest.importorskip("torch")
+    check_matrix(torch.eye(2), np.eye(2), "I")
+
+
+def test_check_integer():
+    assert check_integer(3, 3, "r") == 3
+    assert check_integer(np.int64(3), 3, "r") == 3
+    assert check_integer(3.0, 3, "r") == 3
+    with pytest.raises(Feedback, match="too large"):
+        check_integer(4, 3, "r")
+    with pytest.raises(Feedback, match="too small"):
+        check_integer(2, 3, "r")
+    with pytest.raises(Feedback, match="whole number"):
+        check_integer(2.5, 3, "r")
+    with pytest.raises(Feedback, match="whole number"):
+        check_integer(True, 1, "r")
+
+
+def test_check_choice_explains_the_wrong_option():
+    options = {"a": "a is wrong because...", "b": "", "c": ""}
+    assert check_choice("b", "b", "q", options) == "b"
+    with pytest.raises(Feedback, match="a is wrong because"):
+        check_choice("a", "b", "q", options)
+    with pytest.raises(Feedback, match="not one of the choices"):
+        check_choice("z", "b", "q", options)
+
+
+def right(X, W0, A, B, alpha, r):
+    return X @ W0.T + (alpha / r) * (X @ A.T @ B.T)
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (lambda X, W0, A, B, alpha, r: X @ W0.T, "update is missing"),
+    (lambda X, W0, A, B, alpha, r: X @ W0.T + X @ A.T @ B.T, "without the scaling"),
+    (lambda X, W0, A, B, alpha, r: X @ W0.T + alpha * (X @ A.T @ B.T), "as the seed blog post does"),
+    (lambda X, W0, A, B, alpha, r: X @ W0 + (alpha / r) * (X @ A.T @ B.T), "missing or extra `.T`"),
+    (lambda X, W0, A, B, alpha, r: right(X, W0, A, B, alpha, r).T, "transposed"),
+    (lambda X, W0, A, B, alpha, r: right(X, W0, A, B, alpha, r) + 1, "wrong values"),
+    (None, "no answer yet"),
+])
+def test_batch_forward_check_discriminates(wrong, message):
+    with pytest.raises(Feedback, match=message):
+        check_batch_forward(wrong)
+
+
+def test_batch_forward_check_passes_the_right_answer(capsys):
+    check_batch_forward(right)
+    check_batch_forward(right, seed=2, sizes=(1, 2, 8, 1))
+    assert capsys.readouterr().out.count("Correct") == 2
