@@ -32,7 +32,7 @@ help:
 	@echo "make lab        open the course in JupyterLab (PORT=$(PORT), LAB_ARGS=--no-browser ...)"
 	@echo "make test       run the whole test suite"
 	@echo "make unit       unit tests only (no notebooks)"
-	@echo "make nbval      execute every notebook and compare with its stored outputs"
+	@echo "make nbval      execute every notebook and compare with its stored outputs (NB=path to pick one)"
 	@echo "make notebooks  re-execute every notebook and store its outputs (NB=path to pick one)"
 	@echo "make lint       check the stored notebooks (executed, no errors, no machine paths)"
 	@echo "make lock       regenerate the locked part of constraints.txt"
@@ -59,10 +59,11 @@ test: venv
 unit: venv
 	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
 
-nbval: venv
-	$(BIN)/python -m pytest notebooks $(NBVAL_FLAGS) $(PYTEST_ARGS)
-
+# NB=notebooks/01_rank.ipynb limits `make nbval` and `make notebooks` to one notebook
 NB ?=
+nbval: venv
+	$(BIN)/python -m pytest $(or $(NB),notebooks) $(NBVAL_FLAGS) $(PYTEST_ARGS)
+
 notebooks: venv
 	$(BIN)/python tools/run_notebooks.py $(NB)
 
