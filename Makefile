@@ -26,7 +26,7 @@ export PYDEVD_DISABLE_FILE_VALIDATION := 1
 NBVAL_FLAGS := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
                --nbval-cell-timeout=300
 
-.PHONY: help venv lab test unit nbval notebooks lint clean lock
+.PHONY: help venv lab test unit nbval notebooks lint clean lock student
 
 help:
 	@echo "make lab        open the course in JupyterLab (PORT=$(PORT), LAB_ARGS=--no-browser ...)"
@@ -35,6 +35,7 @@ help:
 	@echo "make nbval      execute every notebook and compare with its stored outputs (NB=path to pick one)"
 	@echo "make notebooks  re-execute every notebook and store its outputs (NB=path to pick one)"
 	@echo "make lint       check the stored notebooks (executed, no errors, no machine paths)"
+	@echo "make student    nbgrader student copies of every chapter in student/ (see README, For instructors)"
 	@echo "make lock       regenerate the locked part of constraints.txt"
 	@echo "make clean      remove .venv, caches and generated files"
 
@@ -66,6 +67,11 @@ nbval: venv
 
 notebooks: venv
 	$(BIN)/python tools/run_notebooks.py $(NB)
+
+# Student copies of every notebooks/NN_*.ipynb, made by nbgrader with course/nbgrader_config.py:
+# course/source/NN_name/ (instructor versions) -> student/NN_name/ (+ the assignments in course/gradebook.db)
+student: venv
+	$(BIN)/python tools/assignments.py
 
 lint:
 	$(PYTHON) ../shared/tools/notebook_lint.py notebooks
