@@ -1,0 +1,348 @@
+"""Every notebook, run the way a learner runs it: JupyterLab in a real (headless) Chromium.
+
+One JupyterLab server for the whole session, started like ``make lab`` does (``tools/lab.py``'s
+:func:`lab_command`: 127.0.0.1, its own free port, a token, a fresh workspaces directory). For each
+numbered notebook (``notebooks/[0-9][0-9]_*.ipynb``, so new chapters are covered automatically) the test
+opens it at ``/lab/workspaces/<name>/tree/<notebook>``, waits for the kernel to be attached, connected
+and idle, clears the stored outputs, runs every cell through the Run menu ("Run All Cells"), waits until
+the kernel is idle and no cell is pending, and then checks:
+
+- no error output anywhere — in a cell, or inside a widget's Output area — naming the notebook and cell;
+- every cell that stores a figure in the ``.ipynb`` shows one in the browser (a loaded ``<img>``);
+- every ipywidgets output renders as a widget view, every slider has a label, and moving the first
+  slider of each slider cell with the keyboard changes that cell's output;
+- the notebook file on disk is left untouched (the test server turns autosave off).
+
+A screenshot of the whole notebook goes to ``tests/artifacts/browser/<notebook>.png`` and the timings
+to ``tests/artifacts/browser/timings.json``.
+
+The test server gets its own JupyterLab settings (a fresh ``--LabApp.user_settings_dir``, so nobody's
+personal settings leak in, and ``--LabApp.app_settings_dir`` with an ``overrides.json``): the course's
+``lab/overrides.json`` (no news pop-up) plus, for the test only, autosave off and notebook windowing off
+(``windowingMode: none``). JupyterLab 4 otherwise leaves far-off-screen cells out of the DOM, which
+would hide outputs from the checks and from the screenshot; with windowing off every cell is in the
+DOM, which is slower for huge notebooks but changes nothing a learner sees.
+
+Needs Debian's chromium (``apt-get install chromium``; never ``playwright install``) and the Python
+``playwright`` package. Without them the test is skipped with that advice — except under ``CI=true``,
+where a missing browser fails the run. ``LORA_EDU_BROWSER_NOTEBOOKS=<folder>`` points the test at
+another folder of notebooks (how the test itself was checked against notebooks with errors and sliders).
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from tools.lab import NOTEBOOKS, free_port, lab_command  # noqa: E402
+
+pytestmark = pytest.mark.browser
+
+NOTEBOOK_DIR = Path(os.environ.get("LORA_EDU_BROWSER_NOTEBOOKS") or NOTEBOOKS).resolve()
+NOTEBOOK_PATHS = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
+ARTIFACTS = ROOT / "tests" / "artifacts" / "browser"
+HELPERS_JS = Path(__file__).with_name("browser_helpers.js")
+
+RUN_TIMEOUT_S = 240      # "Run All Cells" on one notebook (each is meant to take under 60 s on 2 cores)
+OPEN_TIMEOUT_S = 120     # JupyterLab loaded, the notebook open, its kernel started and idle
+WIDGET_TIMEOUT_S = 30    # widget views to render after the run
+SLIDER_TIMEOUT_S = 60    # a slider's output to change after one step
+POLL_MS = 250            # wait_for_function needs an explicit polling interval in headless Chromium
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--no-first-run", "--disable-quic"]
+VIEWPORT = {"width": 1280, "height": 900}
+MAX_SCREENSHOT_HEIGHT = 30000
+
+# JupyterLab settings for the test server only, on top of the course's lab/overrides.json.
+TEST_SETTINGS = {
+    "@jupyterlab/docmanager-extension:plugin": {"autosave": False},
+    "@jupyterlab/notebook-extension:tracker": {"windowingMode": "none", "scrollPastEnd": False},
+}
+IMAGE_MIMES = ("image/png", "image/jpeg", "image/svg+xml")
+
+
+def _under_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+
+def browser_problem() -> str | None:
+    """Why the browser test cannot run here (None when it can)."""
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return ("the Python package `playwright` is missing: run `make venv` "
+                "(it is in the [test] extra; never `playwright install`)")
+    if shutil.which("chromium") is None:
+        return ("chromium is not on PATH: install Debian's with `sudo apt-get install chromium` "
+                "(never `playwright install`), then rerun `make test`")
+    return None
+
+
+@pytest.fixture(scope="session")
+def chromium_path() -> str:
+    problem = browser_problem()
+    if problem:
+        if _under_ci():
+            pytest.fail(f"browser test cannot run under CI=true: {problem}", pytrace=False)
+        pytest.skip(f"browser test skipped: {problem}")
+    return shutil.which("chromium")
+
+
+def _get(url: str, timeout: float = 5) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, b""
+
+
+@pytest.fixture(scope="session")
+def lab(chromium_path, tmp_path_factory):
+    """One JupyterLab for all notebooks, started as `make lab` starts it, with test-only settings."""
+    tmp = tmp_path_factory.mktemp("browser-lab")
+    settings_dir = tmp / "settings"
+    settings_dir.mkdir()
+    overrides = json.loads((ROOT / "lab" / "overrides.json").read_text())
+    for plugin, values in TEST_SETTINGS.items():
+        overrides.setdefault(plugin, {}).update(values)
+    (settings_dir / "overrides.json").write_text(json.dumps(overrides, indent=2))
+
+    port, token = free_port(), secrets.token_hex(16)
+    cmd = lab_command(port, token, browser=False, workspaces_dir=str(tmp / "workspaces"), open_file=None)
+    if NOTEBOOK_DIR != NOTEBOOKS:
+        cmd = [f"--ServerApp.root_dir={NOTEBOOK_DIR}" if c.startswith("--ServerApp.root_dir=") else c for c in cmd]
+    cmd += [f"--LabApp.app_settings_dir={settings_dir}", f"--LabApp.user_settings_dir={tmp / 'user-settings'}",
+            "--LabApp.expose_app_in_browser=True"]
+    log_path = tmp / "lab.log"
+    log = open(log_path, "w")
+    proc = subprocess.Popen(cmd, cwd=NOTEBOOK_DIR, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 90
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"JupyterLab exited early:\n{log_path.read_text()[-3000:]}")
+        try:
+            if _get(f"{base}/api/status?token={token}")[0] == 200:
+                break
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"JupyterLab did not answer within 90 s:\n{log_path.read_text()[-3000:]}")
+        time.sleep(0.5)
+    # The server must really use the settings above (news pop-up off, windowing off, autosave off).
+    for plugin, key, want in [("@jupyterlab/apputils-extension:notification", "fetchNews", "false"),
+                              ("@jupyterlab/notebook-extension:tracker", "windowingMode", "none"),
+                              ("@jupyterlab/docmanager-extension:plugin", "autosave", False)]:
+        status, body = _get(f"{base}/lab/api/settings/{plugin}?token={token}")
+        if status == 200:  # overrides become the schema's defaults; user settings (none here) would win
+            answer = json.loads(body)
+            got = answer["settings"].get(key, answer["schema"]["properties"][key].get("default"))
+        else:
+            got = f"HTTP {status}"
+        if got != want:
+            proc.kill()
+            pytest.fail(f"the test's JupyterLab ignores its settings overrides: {plugin} {key} = {got!r}, want {want!r}")
+    yield {"base": base, "token": token, "log": log_path}
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture(scope="session")
+def browser(chromium_path):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=chromium_path, headless=True, args=CHROMIUM_FLAGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="session")
+def timings():
+    results: dict[str, dict[str, float]] = {}
+    yield results
+    if results:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        (ARTIFACTS / "timings.json").write_text(json.dumps(results, indent=2) + "\n")
+
+
+def _stored_figure_cells(nb: nbformat.NotebookNode) -> list[int]:
+    """Indices of the cells whose stored outputs hold an image (a figure the learner should see)."""
+    return [i for i, cell in enumerate(nb.cells) if cell.cell_type == "code"
+            and any(m in out.get("data", {}) for out in cell.get("outputs", []) for m in IMAGE_MIMES)]
+
+
+def _describe(nb: nbformat.NotebookNode, index: int) -> str:
+    first = nb.cells[index].source.strip().splitlines()[:1] if index < len(nb.cells) else []
+    return f"cell {index} ({first[0][:60]!r})" if first else f"cell {index}"
+
+
+def _wait(page, what: str, expression: str, arg, timeout_s: float, explain=None):
+    """page.wait_for_function with polling and a clear failure message on timeout."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.wait_for_function(expression, arg=arg, polling=POLL_MS, timeout=timeout_s * 1000)
+    except PlaywrightTimeout:
+        detail = explain() if explain else ""
+        pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}. {detail}".strip(), pytrace=False)
+
+
+def _screenshot(page, name: str) -> Path:
+    """The whole notebook in one PNG: grow the window to the notebook's height, then capture it."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    geometry = page.evaluate("p => window.__course.contentHeight(p)", name)
+    # the window's height minus the scrolling area's is the chrome around it (menus, toolbar, status bar)
+    chrome = VIEWPORT["height"] - geometry["visible"]
+    height = min(chrome + geometry["height"] + 2, MAX_SCREENSHOT_HEIGHT)
+    page.set_viewport_size({"width": VIEWPORT["width"], "height": max(height, VIEWPORT["height"])})
+    page.wait_for_timeout(500)  # let JupyterLab lay out the taller window
+    page.evaluate("p => window.__course.contentHeight(p)", name)  # back to the top after the re-layout
+    path = ARTIFACTS / f"{Path(name).stem}.png"
+    page.screenshot(path=str(path))
+    page.set_viewport_size(VIEWPORT)
+    return path
+
+
+def _move_first_slider(page, name: str, nb, cell: int) -> str | None:
+    """Press an arrow key on the cell's first slider; return a problem, or None if its output changed."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    before = page.evaluate("([p, c]) => window.__course.snapshot(p, c)", [name, cell])
+    for _ in range(2):  # one step may legitimately change nothing (e.g. a rank above the matrix's rank)
+        info = page.evaluate("([p, c]) => window.__course.focusSlider(p, c)", [name, cell])
+        if not info["focused"]:
+            return f"{_describe(nb, cell)}: could not focus slider {info['label']!r} with the keyboard"
+        at_max = info["value"] is not None and float(info["value"]) >= float(info["max"])
+        page.keyboard.press("ArrowLeft" if at_max else "ArrowRight")
+        _wait(page, f"slider {info['label']!r} in {_describe(nb, cell)} to move after an arrow key",
+              "([p, c, v]) => window.__course.sliderValue(p, c) !== v", [name, cell, info["value"]], 10)
+        try:
+            page.wait_for_function(
+                "([p, c, before]) => window.__course.runState(p).done && window.__course.snapshot(p, c) !== before",
+                arg=[name, cell, before], polling=POLL_MS, timeout=SLIDER_TIMEOUT_S * 1000 / 2)
+            return None
+        except PlaywrightTimeout:
+            continue
+    value = page.evaluate("([p, c]) => window.__course.sliderValue(p, c)", [name, cell])
+    return (f"{_describe(nb, cell)}: moving slider {info['label']!r} two steps (to {value}) did not change "
+            f"the cell's output within {SLIDER_TIMEOUT_S} s")
+
+
+def _widget_problems(page, name: str, nb) -> list[str]:
+    """Every widget output renders, every slider has a visible label, and one slider per cell works."""
+    problems = []
+    for cell in page.evaluate("p => window.__course.widgets(p)", name):
+        where = _describe(nb, cell["cell"])
+        mine = [f"{where}: {text[:200]}" for text in cell["broken"]]
+        if cell["rendered"] < cell["expected"]:
+            mine.append(f"{where}: {cell['expected'] - cell['rendered']} widget output(s) did not render")
+        for slider in cell["sliders"]:
+            if not slider["label"]:
+                mine.append(f"{where}: a slider without a label (give it a description=...)")
+            elif not slider["visible"]:
+                mine.append(f"{where}: slider {slider['label']!r} is not visible")
+        if cell["sliders"] and not mine:
+            if not cell["hasOutputWidget"]:
+                mine.append(f"{where}: sliders with no output to change (use widgets.interact or interactive_output)")
+            else:
+                problem = _move_first_slider(page, name, nb, cell["cell"])
+                if problem:
+                    mine.append(problem)
+        problems += mine
+    return problems
+
+
+def _error_report(nb, errors: list[dict]) -> str:
+    return "\n".join(f"  {_describe(nb, e['cell'])} [{e['where']}]: {e['ename']}: {e['evalue']}" for e in errors)
+
+
+@pytest.mark.skipif(not NOTEBOOK_PATHS, reason=f"no numbered notebooks in {NOTEBOOK_DIR}")
+@pytest.mark.parametrize("path", NOTEBOOK_PATHS, ids=lambda p: p.name)
+def test_notebook_runs_in_jupyterlab(path, lab, browser, timings):
+    name = path.name
+    nb = nbformat.read(path, as_version=4)
+    on_disk = path.read_bytes()
+    context = browser.new_context(viewport=VIEWPORT)
+    context.add_init_script(path=str(HELPERS_JS))
+    page = context.new_page()
+    page.set_default_timeout(60_000)
+    page_errors: list[str] = []
+    page.on("pageerror", lambda exc: page_errors.append(str(exc)))
+    stem = path.stem
+    t0 = time.monotonic()
+    try:
+        page.goto(f"{lab['base']}/lab/workspaces/{stem}/tree/{name}?token={lab['token']}")
+        _wait(page, f"{name} to open with its kernel connected and idle",
+              "p => window.__course.kernelReady(p)", name, OPEN_TIMEOUT_S,
+              lambda: f"Kernel: {page.evaluate('p => window.__course && window.__course.kernelStatus(p)', name)}. "
+                      f"Page errors: {page_errors[-3:]}. Server log: {lab['log']}")
+        t_open = time.monotonic()
+
+        # Start from a clean slate so that nothing stored in the file can pass for a fresh output.
+        page.evaluate("() => window.jupyterapp.commands.execute('notebook:clear-all-cell-outputs')")
+        page.locator(".lm-MenuBar-item", has_text="Run").first.click()
+        page.locator('.lm-Menu-item[data-command="runmenu:run-all"]').click()
+
+        def still_running() -> str:
+            state = page.evaluate("p => window.__course.runState(p)", name)
+            pending = ", ".join(_describe(nb, i) for i in state["pending"][:3]) or "none"
+            return (f"{name}: kernel {state['kernel']}; cells still pending [*]: {pending}; "
+                    f"{len(state['notRun'])} cell(s) not run yet. Each notebook should run in well under a minute.")
+
+        _wait(page, f"'Run All Cells' to finish in {name}", "p => window.__course.runState(p).done",
+              name, RUN_TIMEOUT_S, still_running)
+        t_run = time.monotonic()
+
+        errors = page.evaluate("p => window.__course.errors(p)", name)
+        if errors:
+            pytest.fail(f"{name}: error output(s) after Run All Cells:\n" + _error_report(nb, errors), pytrace=False)
+
+        # Figures: every cell that stores an image must show a loaded <img> in the browser too.
+        images = page.evaluate("p => window.__course.images(p)", name)
+        missing = [i for i in _stored_figure_cells(nb) if images[str(i)]["loaded"] == 0]
+        if missing:
+            pytest.fail(f"{name}: no figure rendered in " + ", ".join(_describe(nb, i) for i in missing), pytrace=False)
+
+        # Widgets: every widget output renders; every slider has a label; moving one changes its output.
+        _wait(page, f"the widget views in {name} to render",
+              "p => window.__course.widgets(p).every(c => c.rendered === c.expected || c.broken.length)",
+              name, WIDGET_TIMEOUT_S, lambda: json.dumps(page.evaluate("p => window.__course.widgets(p)", name)))
+        problems = _widget_problems(page, name, nb)
+        errors = page.evaluate("p => window.__course.errors(p)", name)
+        if errors:
+            problems.append("error output(s) after moving the sliders:\n" + _error_report(nb, errors))
+        if problems:
+            pytest.fail(f"{name}: widget problem(s):\n  " + "\n  ".join(problems), pytrace=False)
+        t_checks = time.monotonic()
+    finally:
+        try:  # a screenshot of what the learner would see, pass or fail
+            if page.evaluate("p => !!(window.__course && window.__course.panel(p))", name):
+                _screenshot(page, name)
+                page.evaluate("p => window.__course.shutdown(p)", name)
+        except Exception as exc:  # noqa: BLE001 - never hide the test's own failure
+            print(f"no screenshot of {name}: {exc}")
+        finally:
+            context.close()
+    timings[name] = {"open_s": round(t_open - t0, 1), "run_all_s": round(t_run - t_open, 1),
+                     "checks_s": round(t_checks - t_run, 1), "total_s": round(time.monotonic() - t0, 1)}
+    assert path.read_bytes() == on_disk, f"{name} was modified on disk by the browser run (autosave should be off)"
