@@ -42,11 +42,18 @@ __all__ = [
 # --------------------------------------------------------------------------- numeric rank (SVD)
 
 
-def _svd_scaled(M: Any) -> tuple[np.ndarray, int, float, tuple[int, int]]:
-    """Singular values of ``M / 2**e`` (largest |entry| scaled near 1, exactly), ``e``, and eps.
+def _overflow_exponent(amax: float, size: int, fmax: float) -> int:
+    """0, or the even power of two to divide by when the singular values (at most ``size * amax``)
+    could overflow. Scaling only then keeps the results bit-identical to NumPy's everywhere else."""
+    if amax * size * 4 < fmax:
+        return 0
+    return 2 * (math.frexp(amax)[1] // 2)
 
-    Scaling by a power of two changes no digit of the singular values, only their exponent, and
-    keeps them from overflowing (a matrix of 1e308s has singular values above the float64 maximum).
+
+def _svd_scaled(M: Any) -> tuple[np.ndarray, int, float, tuple[int, int]]:
+    """Singular values of ``M / 2**e``, ``e``, and eps, where ``e = 0`` unless M's entries are so large
+    that its singular values could overflow (a 3×3 matrix of 1e308s has singular values above the float64
+    maximum). Scaling by a power of two changes no digit of the entries, only their exponent.
     ``eps`` is the machine epsilon of the dtype the SVD runs in (as NumPy's ``finfo(S.dtype).eps``):
     float64 for integers and exact input, float32 for float16/bfloat16. Last, M's shape.
     """
@@ -64,9 +71,9 @@ def _svd_scaled(M: Any) -> tuple[np.ndarray, int, float, tuple[int, int]]:
         amax = float(t.abs().max())
         if amax == 0.0:
             return np.zeros(min(shape)), 0, eps, shape
-        e = 2 * (math.frexp(amax)[1] // 2)  # an even exponent: halves of it scale exactly
-        half = -e // 2
-        t = t * 2.0 ** half * 2.0 ** (-e - half)
+        e = _overflow_exponent(amax, max(shape), torch.finfo(t.dtype).max)
+        if e:
+            t = t * 2.0 ** (-e // 2) * 2.0 ** (-e - (-e // 2))  # two exact halves: 2**-e alone may underflow
         s = torch.linalg.svdvals(t).cpu().double().numpy()
         return s, e, eps, shape
     compute = np.float32 if arr.dtype == np.float16 else arr.dtype  # NumPy's SVD has no float16
@@ -74,8 +81,10 @@ def _svd_scaled(M: Any) -> tuple[np.ndarray, int, float, tuple[int, int]]:
     amax = float(np.max(np.abs(arr)))
     if amax == 0.0:
         return np.zeros(min(arr.shape), dtype=compute), 0, eps, arr.shape
-    e = 2 * (math.frexp(amax)[1] // 2)
-    scaled = np.ldexp(arr.astype(compute, copy=False), -e).astype(compute, copy=False)
+    e = _overflow_exponent(amax, max(arr.shape), float(np.finfo(compute).max))
+    scaled = arr.astype(compute, copy=False)
+    if e:
+        scaled = np.ldexp(scaled, -e).astype(compute, copy=False)
     return np.linalg.svd(scaled, compute_uv=False), e, eps, arr.shape
 
 
