@@ -4,6 +4,7 @@ Each module is small enough to read beside the chapter that teaches it:
 
 - :mod:`lora_edu.env`     — pick the device, report versions, seed everything (chapter 00)
 - :mod:`lora_edu.checks`  — the feedback that the course's exercises give
+- :mod:`lora_edu.rank`    — numeric and exact rank, row echelon forms with a step trace (chapters 01–02)
 - :mod:`lora_edu.lowrank` — truncated and randomized SVD, Eckart–Young errors, φ (chapters 03–04)
 
 Later chapters add their own modules (rank, low-rank approximation, LoRA layers).
