@@ -72,13 +72,7 @@ window.__course = {
         }
         for (const child of m.get('children') || []) walk(child);
       };
-      let manager = null;
-      for (const child of c.outputArea.widgets) {
-        for (const r of child.widgets || []) {
-          // The ipywidgets renderer keeps its widget manager in `_manager` (a promise delegate).
-          if (!manager && r.mimeType === widgetMime && r._manager && r._manager.promise) manager = await r._manager.promise;
-        }
-      }
+      const manager = await this.widgetManager(c);
       if (manager) {
         for (let j = 0; j < outs.length; j++) {
           const d = outs.get(j).data[widgetMime];
@@ -111,15 +105,34 @@ window.__course = {
     return res;
   },
 
-  // Cells whose outputs hold ipywidgets views, and whether each view rendered.
-  widgets(path) {
+  // The ipywidgets manager behind a cell's widget outputs (null if it has none). Its renderer keeps
+  // it in `_manager`, a promise delegate: not public API, so everything using it has a fallback.
+  async widgetManager(c) {
+    for (const child of c.outputArea.widgets) {
+      for (const r of child.widgets || []) {
+        if (r.mimeType === 'application/vnd.jupyter.widget-view+json' && r._manager && r._manager.promise) {
+          return await r._manager.promise;
+        }
+      }
+    }
+    return null;
+  },
+
+  // Cells whose outputs hold ipywidgets views, and whether each view rendered. A widget that was
+  // closed on purpose (e.g. a tqdm bar with leave=False) is no longer expected to show.
+  async widgets(path) {
     const w = this.panel(path);
     const res = [];
     const widgetMime = 'application/vnd.jupyter.widget-view+json';
     for (const [c, i] of this.codeCells(w)) {
-      let expected = 0;
-      for (let j = 0; j < c.model.outputs.length; j++) if (widgetMime in c.model.outputs.get(j).data) expected++;
-      if (!expected) continue;
+      const ids = [];
+      for (let j = 0; j < c.model.outputs.length; j++) {
+        const d = c.model.outputs.get(j).data[widgetMime];
+        if (d) ids.push(d.model_id);
+      }
+      if (!ids.length) continue;
+      const manager = await this.widgetManager(c);
+      const expected = manager ? ids.filter((id) => manager.has_model(id)).length : ids.length;
       const nodes = Array.from(c.outputArea.node.querySelectorAll('.jp-OutputArea-output'))
         .filter((n) => !n.closest('.widget-output'));
       const rendered = nodes.filter((n) => n.querySelector('.lm-Widget.jupyter-widgets')).length;
