@@ -1,0 +1,443 @@
+"""Checks for chapters 03 (SVD and low-rank approximation) and 04 (low-rank factorization).
+
+Each check runs the learner's function on a few small cases (or compares a value), and when the answer
+is wrong, tries the usual slips — a transposed factor, a forgotten square, an off-by-one ``k``, the
+singular values left out or used twice — and names the one that matches.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import numpy as np
+
+from lora_edu.checks import Feedback, as_array, check_choice, check_integer, check_shape, passed, require_answer
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _require_function(fn: Any, name: str, signature: str) -> None:
+    require_answer(fn, name)
+    if not callable(fn):
+        raise Feedback(f"`{name}` should be a function: def {signature}: ...")
+
+
+def _call(fn: Callable, name: str, *args: Any, hint: str = "") -> Any:
+    """Call the learner's function; turn a NumPy shape error into feedback (NotImplementedError passes)."""
+    try:
+        return fn(*args)
+    except (ValueError, IndexError, TypeError) as exc:
+        extra = f" {hint}" if hint else ""
+        raise Feedback(f"Calling `{name}` raised {type(exc).__name__}: {exc}.{extra}") from None
+
+
+def _int_or_none(value: Any) -> int | None:
+    """``value`` as an int when it is a whole number (for looking up a hint), else None."""
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return int(value)
+    return None
+
+
+def _as_number(value: Any, name: str) -> float:
+    require_answer(value, name)
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()
+    try:
+        arr = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        raise Feedback(f"`{name}` should be a number, not {type(value).__name__} {value!r}.") from None
+    if arr.size != 1:
+        raise Feedback(f"`{name}` should be a single number, but it has shape {arr.shape}.")
+    return float(arr.reshape(()))
+
+
+def _close(a: float, b: float, rtol: float = 1e-6, atol: float = 1e-9) -> bool:
+    return math.isclose(a, b, rel_tol=rtol, abs_tol=atol)
+
+
+def _diagnose(got: list[Any], cases: list[tuple], candidates: dict[str, Callable], same: Callable) -> None:
+    """Raise the message of the first wrong formula that reproduces every one of the learner's outputs."""
+    for message, formula in candidates.items():
+        if all(same(g, formula(*case)) for g, case in zip(got, cases)):
+            raise Feedback(message)
+
+
+def _svd_case(rng: np.random.Generator, m: int, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    M = rng.standard_normal((m, n))
+    return np.linalg.svd(M, full_matrices=False)
+
+
+# =========================================================================== chapter 03
+
+
+def check_svd_reconstruction(fn: Callable, seed: int = 0) -> None:
+    """``fn(U, S, Vh)`` should rebuild ``M = U @ diag(S) @ Vh`` from NumPy's thin SVD."""
+    name = "reconstruct"
+    _require_function(fn, name, "reconstruct(U, S, Vh)")
+    rng = np.random.default_rng(seed)
+    for m, n in [(5, 3), (3, 5), (4, 4)]:
+        U, S, Vh = _svd_case(rng, m, n)
+        M = (U * S) @ Vh
+        got = _call(fn, name, U.copy(), S.copy(), Vh.copy(),
+                    hint="S is a vector of singular values: turn it into a matrix with np.diag(S) (or scale the "
+                         "columns of U with U * S) before multiplying.")
+        arr = check_shape(got, M.shape, f"reconstruct(U, S, Vh) for a {m}×{n} matrix")
+        if np.allclose(arr, M, atol=1e-10):
+            continue
+        slips = {
+            "Vh from np.linalg.svd is already Vᵀ (that is what the h stands for): use it as it is, no `.T`.":
+                U @ np.diag(S) @ Vh.T,
+            "The singular values are missing: U @ Vh only rotates; put np.diag(S) between U and Vh.": U @ Vh,
+            "You used S² instead of S: each singular value appears once, in np.diag(S).": (U * S**2) @ Vh,
+        }
+        for message, wrong in slips.items():
+            if wrong.shape == arr.shape and np.allclose(arr, wrong, atol=1e-10):
+                raise Feedback(message)
+        worst = float(np.abs(arr - M).max())
+        raise Feedback(f"For a {m}×{n} matrix your reconstruction is off by up to {worst:.3g}. "
+                       "Expected U @ np.diag(S) @ Vh.")
+    passed("U @ diag(S) @ Vh gives back the matrix — rotate, stretch, rotate.")
+
+
+def _numpy_rank(M: np.ndarray, tol: float | None) -> int:
+    s = np.linalg.svd(M, compute_uv=False)
+    if tol is None:
+        tol = s.max() * max(M.shape) * np.finfo(M.dtype).eps
+    return int(np.sum(s > tol))
+
+
+def check_numeric_rank(fn: Callable) -> None:
+    """``fn(M, tol=None)`` should count the singular values above ``tol`` (NumPy's default when None)."""
+    name = "my_numeric_rank"
+    _require_function(fn, name, "my_numeric_rank(M, tol=None)")
+    rng = np.random.default_rng(0)
+    seed_rank1 = np.array([[1.0, 2.0, 3.0], [2.0, 4.0, 6.0], [3.0, 6.0, 9.0]])
+    product = rng.standard_normal((8, 3)) @ rng.standard_normal((3, 6))
+    cases = [
+        (seed_rank1, None, "the seed's rank-1 matrix (rows 1, 2 and 3 times (1, 2, 3))",
+         "Its second and third singular values are rounding noise (about 1e-15), not zero: compare with a "
+         "tolerance, S > tol, instead of S > 0."),
+        (product, None, "an 8×6 product of an 8×3 and a 3×6 matrix",
+         "Its last three singular values are rounding noise: count only those above the tolerance."),
+        (np.diag([1.0, 1e-3, 1e-6]), 1e-4, "diag(1, 1e-3, 1e-6) with tol=1e-4",
+         "When the caller gives tol, use it: only 1 and 1e-3 are above 1e-4."),
+        (np.diag([1.0, 1e-3, 1e-6]), None, "diag(1, 1e-3, 1e-6) with the default tolerance",
+         "NumPy's default tolerance is S.max() * max(m, n) * eps ≈ 7e-16 here, so all three count."),
+        (np.diag([3e-20, 1e-20]), None, "diag(3e-20, 1e-20) with the default tolerance",
+         "The default tolerance must scale with the matrix: S.max() * max(m, n) * eps, not a fixed number."),
+    ]
+    for M, tol, what, hint in cases:
+        expected = _numpy_rank(M, tol)
+        got = _call(fn, name, M.copy(), tol)
+        check_integer(got, expected, f"{name}(...) for {what}", hint=hint)
+    passed("you count the singular values above the tolerance, exactly as np.linalg.matrix_rank does.")
+
+
+def _tail_fro(S: np.ndarray, k: int) -> float:
+    return float(np.sqrt(np.sum(np.asarray(S, float)[k:] ** 2)))
+
+
+def check_frobenius_tail(fn: Callable) -> None:
+    """``fn(S, k)`` should return ``sqrt(σ_{k+1}² + ... + σ_p²)`` = ``||M - M_k||_F``."""
+    name = "frobenius_error"
+    _require_function(fn, name, "frobenius_error(S, k)")
+    cases = [(np.array([5.0, 3.0, 2.0, 1.0, 0.5]), 2), (np.array([5.0, 3.0, 2.0, 1.0, 0.5]), 1),
+             (np.array([4.0, 4.0, 1.0]), 1), (np.array([6.0, 2.0, 2.0, 2.0]), 3)]
+    got = [_as_number(_call(fn, name, S.copy(), k), f"{name}(S, {k})") for S, k in cases]
+    if all(_close(g, _tail_fro(S, k)) for g, (S, k) in zip(got, cases)):
+        S, k = np.array([2.0, 1.0]), 2
+        last = _as_number(_call(fn, name, S, k), f"{name}(S, 2)")
+        if not _close(last, 0.0):
+            raise Feedback(f"With k equal to the number of singular values nothing is dropped, so the error is 0, "
+                           f"but your function returns {last:.4g}.")
+        passed("the best rank-k approximation misses exactly the tail of the spectrum: √(σ²_{k+1} + … + σ²_p).")
+        return
+    candidates = {
+        "You added the singular values themselves: square each one first, then take the square root of the sum "
+        "(did you forget a square?).": lambda S, k: float(np.sum(S[k:])),
+        "That is the squared error σ²_{k+1} + … + σ²_p: take its square root to get the Frobenius norm.":
+            lambda S, k: float(np.sum(S[k:] ** 2)),
+        "That is the spectral-norm error σ_{k+1}; the Frobenius error adds up *all* the dropped σ².":
+            lambda S, k: float(S[k]),
+        "You summed the singular values you *keep*, S[:k]; the error comes from the ones you drop, S[k:].":
+            lambda S, k: _tail_fro(S[:k], 0),
+        "Off by one: the dropped singular values are σ_{k+1}, …, which is S[k:] in Python (indices start at 0); "
+        "you started one later.": lambda S, k: _tail_fro(S, k + 1),
+        "Off by one: the dropped singular values are S[k:] (Python counts from 0); you included σ_k too.":
+            lambda S, k: _tail_fro(S, k - 1),
+    }
+    _diagnose(got, cases, candidates, _close)
+    S, k = cases[0]
+    raise Feedback(f"{name}(S, {k}) for S = {S.tolist()} returned {got[0]:.4g}, expected {_tail_fro(S, k):.4g} "
+                   "= √(σ²_{k+1} + … + σ²_p).")
+
+
+def check_storage(value: Any, m: int, n: int, k: int) -> None:
+    """The numbers stored for a rank-``k`` SVD of an ``m × n`` image: ``k (m + n + 1)``."""
+    name = "numbers_stored"
+    require_answer(value, name)
+    expected = k * (m + n + 1)
+    slips = {
+        k * (m + n): "You stored U_k and V_k but forgot the k singular values.",
+        m * n: "That is the full image, m·n pixels; the rank-k version stores U_k (m×k), the k singular values "
+               "and V_k (n×k).",
+        k * m * n: "k·m·n would be k full images; the factors are thin: m×k and k×n.",
+        k * (m + n + k): "You stored diag(S_k) as a k×k matrix; only its k diagonal entries are needed.",
+        k * (m + n - 1): "Close, but it is U_k (m·k numbers) + S_k (k numbers) + V_k (n·k numbers).",
+    }
+    got = check_integer(value, expected, name, hint=slips.get(_int_or_none(value), ""))
+    passed(f"{got:,} numbers instead of {m * n:,}: {100 * got / (m * n):.1f}% of the image.")
+
+
+def _k_for_energy(S: np.ndarray, fraction: float) -> int:
+    e = np.cumsum(np.asarray(S, float) ** 2)
+    return int(np.searchsorted(e / e[-1], fraction - 1e-12) + 1)
+
+
+def check_k_for_energy(fn: Callable) -> None:
+    """``fn(S, fraction)``: the smallest k with ``(σ_1² + … + σ_k²) / Σ σ² >= fraction``."""
+    name = "k_for_energy"
+    _require_function(fn, name, "k_for_energy(S, fraction)")
+    cases = [(np.array([4.0, 2.0, 1.0, 1.0]), 0.9), (np.array([4.0, 2.0, 1.0, 1.0]), 0.7),
+             (np.array([1.0, 1.0, 1.0, 1.0]), 0.5), (np.array([10.0, 1.0, 0.5, 0.1]), 0.99),
+             (np.array([3.0, 2.0, 1.0]), 1.0)]
+    got = []
+    for S, fraction in cases:
+        g = _call(fn, name, S.copy(), fraction)
+        require_answer(g, f"{name}(S, {fraction})")
+        if isinstance(g, bool) or not isinstance(g, (int, np.integer)):
+            if isinstance(g, (float, np.floating)) and float(g).is_integer():
+                g = int(g)
+            else:
+                raise Feedback(f"`{name}` should return a whole number k (an int), not {type(g).__name__} {g!r}.")
+        got.append(int(g))
+    if all(g == _k_for_energy(S, f) for g, (S, f) in zip(got, cases)):
+        passed("k is the first place where the cumulative energy of σ² reaches the fraction.")
+        return
+
+    def no_square(S, f):
+        c = np.cumsum(S) / np.sum(S)
+        return int(np.searchsorted(c, f - 1e-12) + 1)
+
+    def strict(S, f):
+        e = np.cumsum(S**2) / np.sum(S**2)
+        return int(np.searchsorted(e, f + 1e-12, side="right") + 1) if f < 1 else len(S)
+
+    candidates = {
+        "Energy is measured with σ², not σ: square the singular values before the cumulative sum "
+        "(did you forget a square?).": no_square,
+        "Off by one: that looks like the 0-based position of the first value that reaches the fraction; "
+        "k counts singular values, so add 1.": lambda S, f: _k_for_energy(S, f) - 1,
+        "Use >= (reaching the fraction is enough): for S = [1, 1, 1, 1] and 0.5, k = 2 already keeps exactly "
+        "half of the energy.": strict,
+    }
+    _diagnose(got, cases, candidates, lambda a, b: a == b)
+    for g, (S, f) in zip(got, cases):
+        if g != _k_for_energy(S, f):
+            raise Feedback(f"{name}(S={S.tolist()}, fraction={f}) returned {g}, expected {_k_for_energy(S, f)}: "
+                           "the smallest k with (σ₁² + … + σ_k²) / (σ₁² + … + σ_p²) >= fraction.")
+
+
+def check_range_finder(fn: Callable, seed: int = 0) -> None:
+    """``fn(M, ell, rng)``: an ``(m, ell)`` matrix Q with orthonormal columns that captures M's top range."""
+    name = "range_finder"
+    _require_function(fn, name, "range_finder(M, ell, rng)")
+    rng = np.random.default_rng(seed)
+    m, n, rank, ell = 60, 40, 4, 6
+    M = rng.standard_normal((m, rank)) @ rng.standard_normal((rank, n))
+    got = _call(fn, name, M.copy(), ell, np.random.default_rng(seed + 1),
+                hint=f"M is ({m}, {n}), so the Gaussian test matrix Omega must be (n, ell) = ({n}, {ell}) for "
+                     "M @ Omega to work.")
+    if isinstance(got, (tuple, list)) and len(got) == 2:
+        raise Feedback("Your function returned a pair — np.linalg.qr returns (Q, R); return only Q.")
+    arr = as_array(got, f"{name}(M, ell, rng)")
+    if arr.shape == (ell, ell):
+        raise Feedback(f"Your function returned a ({ell}, {ell}) matrix — that looks like R from the QR "
+                       "factorisation. np.linalg.qr returns (Q, R); keep Q.")
+    arr = check_shape(arr, (m, ell), f"{name}(M, ell, rng) for a {m}×{n} M and ell = {ell}")
+    gram = arr.T @ arr
+    if not np.allclose(gram, np.eye(ell), atol=1e-8):
+        raise Feedback("The columns of your Q are not orthonormal (Q.T @ Q is not the identity). The sketch "
+                       "Y = M @ Omega spans the right space, but you still need an orthonormal basis of it: "
+                       "Q, _ = np.linalg.qr(Y).")
+    residual = np.linalg.norm(M - arr @ (arr.T @ M)) / np.linalg.norm(M)
+    if residual > 1e-8:
+        raise Feedback(f"Q has orthonormal columns but misses part of M's column space (relative error "
+                       f"{residual:.2g} of M - Q Qᵀ M). Sketch the columns: Y = M @ Omega with Omega of shape "
+                       "(n, ell), then Q from the QR of Y.")
+    passed(f"a rank-{rank} matrix is captured exactly by {ell} random combinations of its columns "
+           f"(‖M − QQᵀM‖ / ‖M‖ = {residual:.0e}).")
+
+
+# =========================================================================== chapter 04
+
+
+def check_lora_param_count(value: Any, d: int, k: int, r: int) -> None:
+    """Trainable parameters of ``B (d, r)`` and ``A (r, k)``: ``r (d + k)``."""
+    name = "lora_params"
+    require_answer(value, name)
+    expected = r * (d + k)
+    slips = {
+        d * k * r: "d·k·r would be r full matrices; B is d×r and A is r×k, so count d·r + r·k.",
+        d * r: f"That is B alone ({d}×{r}); add A ({r}×{k}).",
+        k * r: f"That is A alone ({r}×{k}); add B ({d}×{r}).",
+        d * k + r * (d + k): "You added the frozen weight W₀ too; only B and A are trained.",
+        d * k: "That is the full matrix W, what full fine-tuning trains.",
+    }
+    got = check_integer(value, expected, name, hint=slips.get(_int_or_none(value), ""))
+    passed(f"B and A hold {got:,} numbers, {d * k / got:.1f}× fewer than the {d * k:,} of W.")
+
+
+def check_product_rank(value: Any, B: Any, A: Any) -> None:
+    """rank(B @ A) for the given factors (r = B.shape[1])."""
+    name = "rank_BA"
+    require_answer(value, name)
+    B, A = np.asarray(B, float), np.asarray(A, float)
+    r = B.shape[1]
+    expected = int(np.linalg.matrix_rank(B @ A))
+    hints = {}
+    if r != expected:
+        hints[r] = (f"rank(BA) <= r = {r} is only an upper bound. Look at A: is each of its rows independent of "
+                    "the others? rank(BA) <= min(rank B, rank A).")
+    shape_min = min(B.shape[0], A.shape[1])
+    hints.setdefault(shape_min, f"{shape_min} is min(d, k), the rank of a generic d×k matrix; every column of "
+                                f"BA is B times a column of A, so it lies in the span of B's {r} columns.")
+    as_int = _int_or_none(value)
+    hint = hints.get(as_int, "")
+    if as_int is not None and as_int > r:
+        hint = hint or f"rank(BA) can never exceed r = {r}, the inner dimension."
+    check_integer(value, expected, name, hint=hint)
+    passed(f"rank(BA) = {expected}: at most r = {r}, and less because the factors are rank deficient.")
+
+
+def check_factor_from_svd(fn: Callable, seed: int = 0, shape: tuple[int, int] = (7, 5), k: int = 2) -> None:
+    """``fn(M, k)`` -> ``(B, A)`` with ``B (m, k)``, ``A (k, n)`` and ``B @ A`` the best rank-k approximation."""
+    name = "factor_from_svd"
+    _require_function(fn, name, "factor_from_svd(M, k)")
+    rng = np.random.default_rng(seed)
+    m, n = shape
+    M = rng.standard_normal((m, n))
+    U, S, Vh = np.linalg.svd(M, full_matrices=False)
+    best = (U[:, :k] * S[:k]) @ Vh[:k]
+    got = _call(fn, name, M.copy(), k)
+    if not isinstance(got, (tuple, list)) or len(got) != 2:
+        raise Feedback(f"`{name}` should return two matrices, `return B, A`, not {type(got).__name__}.")
+    B, A = as_array(got[0], "B"), as_array(got[1], "A")
+    if B.shape == (k, n) and A.shape == (m, k):
+        raise Feedback(f"B has shape {B.shape} and A {A.shape}: you returned them in the wrong order. "
+                       f"B is the tall factor (m, k) = {(m, k)}, A the wide one (k, n) = {(k, n)}; return B, A.")
+    if B.ndim == 2 and A.ndim == 2 and B.shape[0] == m and A.shape[1] == n and B.shape[1] == A.shape[0] != k:
+        raise Feedback(f"Your factors have inner dimension {B.shape[1]}, not k = {k}: keep the first k columns "
+                       "of U and the first k rows of Vh.")
+    check_shape(B, (m, k), "B")
+    check_shape(A, (k, n), "A")
+    prod = B @ A
+    if np.allclose(prod, best, atol=1e-9):
+        passed("B @ A is the best rank-k approximation (and B G, G⁻¹ A would be just as good: "
+               "the factors are not unique, their product is).")
+        return
+    Uk, Sk, Vhk = U[:, :k], S[:k], Vh[:k]
+    slips = {
+        "The singular values are missing: B @ A = U_k @ Vh_k. Put S_k into one of the factors (e.g. B = U_k * S_k) "
+        "or split it as √S_k into both.": Uk @ Vhk,
+        "The singular values appear twice: B @ A = U_k diag(S_k)² Vh_k. Put S_k (or √S_k on each side) in once.":
+            (Uk * Sk**2) @ Vhk,
+    }
+    for message, wrong in slips.items():
+        if np.allclose(prod, wrong, atol=1e-9):
+            raise Feedback(message)
+    worst = float(np.abs(prod - best).max())
+    raise Feedback(f"B @ A differs from the best rank-{k} approximation U_k diag(S_k) Vh_k by up to {worst:.3g}. "
+                   "Did you use the *first* k singular triplets (NumPy sorts them largest first)?")
+
+
+def _tail_sq(S: np.ndarray, r: int) -> float:
+    return float(np.sum(np.asarray(S, float)[r:] ** 2))
+
+
+def check_optimal_loss(value: Any, S: Any, r: int) -> None:
+    """The smallest ``||M - B A||_F²`` over ``B (m, r)``, ``A (r, n)``: ``σ²_{r+1} + … + σ²_p``."""
+    name = "best_loss"
+    S = np.asarray(S, float)
+    got = _as_number(value, name)
+    expected = _tail_sq(S, r)
+    if _close(got, expected):
+        passed(f"no B, A with r = {r} can push the loss below {expected:.4f} = σ²_{r + 1} + … + σ²_{len(S)}.")
+        return
+    slips = {
+        "That is the Frobenius error ‖M − BA‖_F; the loss is its square (did you forget a square?).":
+            math.sqrt(expected),
+        "Square each singular value before adding them: the loss is σ²_{r+1} + … + σ²_p.": float(np.sum(S[r:])),
+        "That is only σ²_{r+1}; the loss adds all the dropped singular values squared.":
+            float(S[r] ** 2) if r < len(S) else 0.0,
+        "That is the energy you *keep*, σ₁² + … + σ_r²; the loss is what is left out.": float(np.sum(S[:r] ** 2)),
+        "Off by one: the dropped values are S[r:] in Python (indices start at 0).": _tail_sq(S, r + 1),
+        "Off by one: S[r:] are the dropped values; you included σ_r as well.": _tail_sq(S, r - 1),
+    }
+    for message, wrong in slips.items():
+        if _close(got, wrong) and not _close(wrong, expected):
+            raise Feedback(message)
+    raise Feedback(f"`{name}` = {got:.4g} is not the Eckart–Young optimum; expected σ²_{{r+1}} + … + σ²_p "
+                   "for the singular values of M.")
+
+
+def _smallest_r(S: np.ndarray, threshold: float) -> int:
+    S = np.asarray(S, float)
+    total = np.sum(S**2)
+    for r in range(1, len(S) + 1):
+        if math.sqrt(np.sum(S[r:] ** 2) / total) <= threshold + 1e-12:
+            return r
+    return len(S)
+
+
+def check_smallest_r(value: Any, S: Any, threshold: float) -> None:
+    """Smallest ``r`` with ``||M - M_r||_F / ||M||_F <= threshold`` for singular values ``S``."""
+    name = "smallest_r"
+    S = np.asarray(S, float)
+    require_answer(value, name)
+    expected = _smallest_r(S, threshold)
+
+    def first(cond):
+        return next((r for r in range(1, len(S) + 1) if cond(r)), len(S))
+
+    total = np.sum(S**2)
+    slips = {  # later entries win where two slips give the same number
+        expected - 1: "Off by one: r counts the singular values you keep (Python's S[r:] are the dropped ones).",
+        expected + 1: "Off by one: one fewer singular value is already enough.",
+    }
+    slips[first(lambda r: np.sum(S[r:]) / np.sum(S) <= threshold)] = (
+        "Use squares: the Frobenius error is √(σ²_{r+1} + …) and ‖M‖_F = √(σ₁² + …), not sums of σ.")
+    slips[first(lambda r: np.sum(S[r:] ** 2) / total <= threshold)] = (
+        "You compared the *squared* relative error with the threshold; take the square root first "
+        "(error / ‖M‖_F, not error² / ‖M‖_F²).")
+    slips.pop(expected, None)
+    check_integer(value, expected, name, hint=slips.get(_int_or_none(value), ""))
+    err = math.sqrt(np.sum(S[expected:] ** 2) / total)
+    before = f"; r = {expected - 1} would not" if expected > 1 else ""
+    passed(f"r = {expected} keeps the relative error at {err:.3f} <= {threshold}{before}.")
+
+
+R_MEANING_OPTIONS = {
+    "a": "r is the rank of ΔW, determined by the data",
+    "b": "r is an upper bound on rank(ΔW) that you choose before training — a hyperparameter",
+    "c": "r must equal the rank of the pretrained weight W₀",
+    "d": "r must be at least the true rank of the ideal update, or training fails",
+}
+
+
+def check_r_meaning(choice: Any) -> None:
+    """Multiple choice: what is LoRA's r? (the seed blog post says it is "determined by" the rank)."""
+    options = {
+        "a": "That is the seed blog post's reading. Nothing measures a rank before training: you fix the shapes "
+             "B (d, r) and A (r, k), and rank(BA) <= r follows — it can even come out lower.",
+        "c": "W₀ is usually full rank (min(d, k)); LoRA's point is that the *update* can have a much smaller rank.",
+        "d": "A smaller r still trains: the best it can do is the rank-r approximation of the ideal update, and "
+             "the cost is exactly the tail of its spectrum (Eckart–Young).",
+        "b": "",
+    }
+    check_choice(choice, "b", "r_is", options)
+    passed("r fixes the shapes of B and A, so rank(ΔW) = rank(BA) <= r; you pick it like a learning rate.")
