@@ -9,8 +9,9 @@ the kernel is idle and no cell is pending, and then checks:
 
 - no error output anywhere — in a cell, or inside a widget's Output area — naming the notebook and cell;
 - every cell that stores a figure in the ``.ipynb`` shows one in the browser (a loaded ``<img>``);
-- every ipywidgets output renders as a widget view, every slider has a label, and moving the first
-  slider of each slider cell with the keyboard changes that cell's output;
+- every ipywidgets output renders as a widget view (one closed on purpose, like a tqdm bar with
+  ``leave=False``, need not), every slider has a label, and moving the first slider of each slider cell
+  with the keyboard (one arrow-key step, a second if the first changes nothing) changes that cell's output;
 - the notebook file on disk is left untouched (the test server turns autosave off).
 
 A screenshot of the whole notebook goes to ``tests/artifacts/browser/<notebook>.png`` and the timings
@@ -177,7 +178,7 @@ def lab(chromium_path, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def browser(chromium_path):
+def browser_context(chromium_path):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
@@ -227,7 +228,7 @@ def _settled_widgets(page, name: str) -> list[dict]:
     """The widget outputs once every view has rendered (or failed to) and two looks in a row agree.
 
     Polled from Python: the page function is async, and wait_for_function does not await promises.
-    The second look matters: "Error displaying widget" appears a moment after the output does.
+    The second look matters: views (and "Error displaying widget") appear a moment after their output.
     """
     deadline = time.monotonic() + WIDGET_TIMEOUT_S
     previous = None
@@ -313,11 +314,11 @@ def _error_report(nb, errors: list[dict]) -> str:
 
 @pytest.mark.skipif(not NOTEBOOK_PATHS, reason=f"no numbered notebooks in {NOTEBOOK_DIR}")
 @pytest.mark.parametrize("path", NOTEBOOK_PATHS, ids=lambda p: p.name)
-def test_notebook_runs_in_jupyterlab(path, lab, browser, timings):
+def test_notebook_runs_in_jupyterlab(path, lab, browser_context, timings):
     name = path.name
     nb = nbformat.read(path, as_version=4)
     on_disk = path.read_bytes()
-    page = browser.new_page()
+    page = browser_context.new_page()
     page.set_default_timeout(60_000)
     page_errors: list[str] = []
     page.on("pageerror", lambda exc: page_errors.append(str(exc)))
