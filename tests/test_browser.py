@@ -14,8 +14,8 @@ the kernel is idle and no cell is pending, and then checks:
   with the keyboard (one arrow-key step, a second if the first changes nothing) changes that cell's output;
 - the notebook file on disk is left untouched (the test server turns autosave off).
 
-A screenshot of the whole notebook goes to ``tests/artifacts/browser/<notebook>.png`` and the timings
-to ``tests/artifacts/browser/timings.json``.
+A screenshot of the whole notebook goes to ``tests/artifacts/browser/<notebook>.png``, the browser
+console's errors and warnings to ``<notebook>.console.txt`` beside it, and the timings to ``timings.json``.
 
 The test server gets its own JupyterLab settings (a fresh ``--LabApp.user_settings_dir``, so nobody's
 personal settings leak in, and ``--LabApp.app_settings_dir`` with an ``overrides.json``): the course's
@@ -320,8 +320,10 @@ def test_notebook_runs_in_jupyterlab(path, lab, browser_context, timings):
     on_disk = path.read_bytes()
     page = browser_context.new_page()
     page.set_default_timeout(60_000)
-    page_errors: list[str] = []
+    page_errors: list[str] = []   # uncaught exceptions in JupyterLab's JavaScript
+    console: list[str] = []       # the browser console's errors and warnings
     page.on("pageerror", lambda exc: page_errors.append(str(exc)))
+    page.on("console", lambda msg: console.append(f"[{msg.type}] {msg.text}") if msg.type in ("error", "warning") else None)
     stem = path.stem
     t0 = time.monotonic()
     try:
@@ -374,6 +376,9 @@ def test_notebook_runs_in_jupyterlab(path, lab, browser_context, timings):
             print(f"no screenshot of {name}: {exc}")
         finally:
             page.close()
+            ARTIFACTS.mkdir(parents=True, exist_ok=True)
+            (ARTIFACTS / f"{path.stem}.console.txt").write_text(
+                "".join(f"[pageerror] {e}\n" for e in page_errors) + "".join(f"{m}\n" for m in console))
     timings[name] = {"open_s": round(t_open - t0, 1), "run_all_s": round(t_run - t_open, 1),
                      "checks_s": round(t_checks - t_run, 1), "total_s": round(time.monotonic() - t0, 1)}
     assert path.read_bytes() == on_disk, f"{name} was modified on disk by the browser run (autosave should be off)"
