@@ -6,6 +6,7 @@ Each module is small enough to read beside the chapter that teaches it:
 - :mod:`lora_edu.checks`  — the feedback that the course's exercises give
 - :mod:`lora_edu.rank`    — numeric and exact rank, row echelon forms with a step trace (chapters 01–02)
 - :mod:`lora_edu.lowrank` — truncated and randomized SVD, Eckart–Young errors, φ (chapters 03–04)
+- :mod:`lora_edu.lora`    — LoRALinear, apply_lora / merge_lora, counting, adapters in safetensors (chapter 05)
 
 Later chapters add their own modules (rank, low-rank approximation, LoRA layers).
 """
