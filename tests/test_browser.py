@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -336,7 +337,7 @@ def test_notebook_runs_in_jupyterlab(path, lab, browser_context, timings):
 
         # Start from a clean slate so that nothing stored in the file can pass for a fresh output.
         page.evaluate("() => window.jupyterapp.commands.execute('notebook:clear-all-cell-outputs')")
-        page.locator(".lm-MenuBar-item", has_text="Run").first.click()
+        page.locator(".lm-MenuBar-item", has_text=re.compile(r"^\s*Run\s*$")).click()
         page.locator('.lm-Menu-item[data-command="runmenu:run-all"]').click()
 
         def still_running() -> str:
