@@ -1,0 +1,399 @@
+"""Checks for chapter 05 (the LoRA layer).
+
+Each check builds its own small, seeded example (sizes all different, so that a transposed matrix shows up
+as a shape error), computes the right answer with plain torch or :mod:`lora_edu.lora`, and recognises the
+usual slips: a forgotten scaling, ``alpha`` instead of ``alpha / r``, ``A`` and ``B`` swapped or transposed,
+``B`` random at the start, counting ``A`` and ``B`` with the wrong sizes, ...
+"""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, Callable
+
+import numpy as np
+
+from lora_edu.checks import Feedback, check_choice, check_integer, check_matrix, passed, require_answer
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def _close(a: Any, b: Any, tol: float = 1e-5) -> bool:
+    torch = _torch()
+    if not isinstance(a, torch.Tensor) or a.shape != b.shape:
+        return False
+    return bool(torch.allclose(a.detach().double(), b.detach().double(), rtol=tol, atol=tol))
+
+
+def _call(fn: Callable, name: str, *args: Any, shapes: str = "") -> Any:
+    """Call the learner's function; turn a crash into feedback that points at the likely cause."""
+    try:
+        return fn(*args)
+    except NotImplementedError:
+        raise Feedback(f"`{name}` still raises NotImplementedError: replace that line with your code.") from None
+    except RuntimeError as exc:
+        text = str(exc).splitlines()[0]
+        if "shape" in text or "size" in text or "mat" in text:
+            raise Feedback(f"Calling `{name}` failed with a shape mismatch ({text}). A missing or extra `.T` "
+                           f"is the usual cause. {shapes}".rstrip()) from None
+        raise Feedback(f"Calling `{name}` raised RuntimeError: {text}") from None
+
+
+# --------------------------------------------------------------------------- section 1: ΔW
+
+
+def check_accumulated_update(delta_W: Any, grads: list, lr: float) -> None:
+    """``delta_W`` after plain SGD steps ``W <- W - lr * G_t``: the sum ``-lr * (G_1 + G_2 + ...)``."""
+    require_answer(delta_W, "delta_W")
+    G = [np.asarray(g.detach().cpu() if hasattr(g, "detach") else g, dtype=float) for g in grads]
+    expected = -lr * sum(G)
+    arr = np.asarray(delta_W.detach().cpu() if hasattr(delta_W, "detach") else delta_W, dtype=float)
+    if arr.shape == expected.shape and not np.allclose(arr, expected, rtol=1e-5, atol=1e-7):
+        for t, g in enumerate(G, start=1):
+            if np.allclose(arr, g, rtol=1e-5, atol=1e-7) or np.allclose(arr, -lr * g, rtol=1e-5, atol=1e-7):
+                raise Feedback(f"`delta_W` is (a multiple of) the gradient of step {t} alone. That is the seed's "
+                               "'derivative matrix' reading; ΔW is what all the steps added up to.")
+        if np.allclose(arr, sum(G), rtol=1e-5, atol=1e-7):
+            raise Feedback("`delta_W` is the sum of the gradients. Each step moves W by -lr times its gradient: "
+                           "multiply by -lr.")
+        if np.allclose(arr, -expected, rtol=1e-5, atol=1e-7):
+            raise Feedback("`delta_W` has the wrong sign: gradient descent moves *against* the gradient, "
+                           "W <- W - lr * G.")
+    check_matrix(arr, expected, "delta_W", rtol=1e-5, atol=1e-7,
+                 hint="Every SGD step adds -lr * G_t to W, so ΔW = W_final - W_start = -lr * (G_1 + ... + G_T).")
+    passed(f"ΔW is the accumulated update -lr · ΣG over {len(G)} steps: a change of W, not a derivative.")
+
+
+# --------------------------------------------------------------------------- section 2: the forward
+
+
+def check_lora_forward(fn: Callable, seed: int = 0, sizes: tuple[int, int, int, int] = (5, 7, 6, 3)) -> None:
+    """``fn(x, base, lora_A, lora_B, alpha, r)`` must return ``base(x) + (alpha/r) * x @ A.T @ B.T``.
+
+    ``sizes`` = (batch, in_features, out_features, r).
+    """
+    require_answer(fn, "lora_forward")
+    if not callable(fn):
+        raise Feedback("`lora_forward` should be a function: def lora_forward(x, base, lora_A, lora_B, alpha, r).")
+    torch = _torch()
+    n, k, d, r = sizes
+    g = torch.Generator().manual_seed(seed)
+    base = torch.nn.Linear(k, d)
+    with torch.no_grad():
+        base.weight.copy_(torch.randn(d, k, generator=g))
+        base.bias.copy_(torch.randn(d, generator=g))
+    x = torch.randn(n, k, generator=g)
+    A, B = torch.randn(r, k, generator=g), torch.randn(d, r, generator=g)
+    alpha = 12.0
+    got = _call(fn, "lora_forward", x.clone(), base, A.clone(), B.clone(), alpha, r,
+                shapes=f"Here x is {tuple(x.shape)}, lora_A is (r, in) = {tuple(A.shape)}, lora_B is "
+                       f"(out, r) = {tuple(B.shape)}: x @ lora_A.T @ lora_B.T fits.")
+    update = x @ A.T @ B.T
+    expected = base(x) + alpha / r * update
+    if not isinstance(got, torch.Tensor):
+        raise Feedback(f"`lora_forward` should return a torch tensor of shape {tuple(expected.shape)}, "
+                       f"not {type(got).__name__}.")
+    if got.shape != expected.shape:
+        raise Feedback(f"`lora_forward` returned shape {tuple(got.shape)}; expected {tuple(expected.shape)} = "
+                       "(batch, out_features).")
+    if _close(got, expected):
+        passed("h = base(x) + (α/r) · x Aᵀ Bᵀ — the LoRA forward, batch-first like nn.Linear.")
+        return
+    slips = [
+        (base(x), "Your output is base(x) alone: the low-rank update is missing."),
+        (base(x) + update, "The update is there but not scaled: multiply it by alpha / r (here 12 / 3 = 4)."),
+        (base(x) + alpha * update, "You scaled by alpha, as the seed blog post does; LoRA (the paper, PEFT) "
+                                   "scales by alpha / r."),
+        (base(x) + alpha / math.sqrt(r) * update, "You scaled by alpha / sqrt(r): that is rsLoRA's scaling. "
+                                                  "Plain LoRA uses alpha / r."),
+        (base(x) + r / alpha * update, "You scaled by r / alpha: the fraction is upside down, it is alpha / r."),
+        (x @ base.weight.T + alpha / r * update, "The bias of the base layer is missing: use base(x), which "
+                                                 "adds it, rather than x @ base.weight.T."),
+        (alpha / r * update, "Only the update came back: add the frozen layer's output base(x)."),
+        (alpha / r * (base(x) + update), "The scaling multiplies base(x) too: only the low-rank update is scaled."),
+    ]
+    for wrong, message in slips:
+        if _close(got, wrong):
+            raise Feedback(message)
+    worst = float((got.detach().double() - expected.detach().double()).abs().max())
+    raise Feedback(f"`lora_forward` has the right shape but wrong values (largest difference {worst:.3g}). "
+                   "Expected base(x) + (alpha / r) * x @ lora_A.T @ lora_B.T.")
+
+
+# --------------------------------------------------------------------------- section 3: initialisation
+
+
+def check_lora_init(fn: Callable, sizes: tuple[int, int, int] = (4, 10, 7)) -> None:
+    """``fn(r, in_features, out_features) -> (lora_A, lora_B)``: the layer starts as the base, and learns."""
+    require_answer(fn, "init_lora")
+    if not callable(fn):
+        raise Feedback("`init_lora` should be a function: def init_lora(r, in_features, out_features).")
+    torch = _torch()
+    r, k, d = sizes
+    torch.manual_seed(0)
+    out = _call(fn, "init_lora", r, k, d)
+    if not (isinstance(out, (tuple, list)) and len(out) == 2):
+        raise Feedback("`init_lora` should return two tensors: `return lora_A, lora_B`.")
+    A, B = (torch.as_tensor(t).detach().double() for t in out)
+    if A.shape == (k, r) and B.shape == (r, d):
+        raise Feedback(f"lora_A came back {tuple(A.shape)} and lora_B {tuple(B.shape)}: that is the seed's "
+                       f"layout (x @ A @ B). Here lora_A is (r, in_features) = {(r, k)} and lora_B is "
+                       f"(out_features, r) = {(d, r)}.")
+    if A.shape == (d, r) and B.shape == (r, k):
+        raise Feedback("lora_A and lora_B are swapped: lora_A (r, in_features) reads the input, lora_B "
+                       "(out_features, r) writes the output.")
+    if A.shape != (r, k) or B.shape != (d, r):
+        raise Feedback(f"Expected lora_A of shape (r, in_features) = {(r, k)} and lora_B of shape "
+                       f"(out_features, r) = {(d, r)}; got {tuple(A.shape)} and {tuple(B.shape)}.")
+    if not (torch.isfinite(A).all() and torch.isfinite(B).all()):
+        raise Feedback("lora_A or lora_B holds NaN or infinity.")
+    a_zero, b_zero = bool((A == 0).all()), bool((B == 0).all())
+    if a_zero and b_zero:
+        raise Feedback("Both matrices are zero. The output is right at step 0, but the gradient of B is "
+                       "(grad h)ᵀ (A x) = 0 and the gradient of A is Bᵀ (grad h) xᵀ = 0: nothing ever moves.")
+    if not a_zero and not b_zero:
+        raise Feedback("Both matrices are nonzero, so B A ≠ 0 and the layer no longer computes the pretrained "
+                       "function at step 0 (the seed's randn ΔW problem). Start B at zero.")
+    if a_zero:  # the mirror choice: it works, but it is not the convention
+        if B.std() == 0:
+            raise Feedback("lora_A is zero and every entry of lora_B is the same: start B at zero and A random.")
+        passed("A = 0 and B random also starts at the base and lets gradients flow (A's gradient is Bᵀ g xᵀ). "
+               "The paper, loralib, PEFT and lora_edu use the mirror image: B = 0, A random.")
+        return
+    if A.std() == 0 or torch.linalg.matrix_rank(A) < r:
+        raise Feedback("lora_B is zero (good) but lora_A's rows are not independent (e.g. all entries equal): "
+                       "rows that start equal get equal gradients and stay equal, wasting rank. Draw A at random.")
+    passed("B = 0 makes B A = 0, so the layer starts exactly as the pretrained one; a random A makes "
+           "B's first gradient (grad h)ᵀ (A x) nonzero, so training can start.")
+
+
+# --------------------------------------------------------------------------- section 4: scaling
+
+
+def check_scaling(fn: Callable) -> None:
+    """``fn(alpha, r, rank_stabilized=False)``: ``alpha / r``, or ``alpha / sqrt(r)`` for rsLoRA."""
+    require_answer(fn, "lora_scaling")
+    if not callable(fn):
+        raise Feedback("`lora_scaling` should be a function: def lora_scaling(alpha, r, rank_stabilized=False).")
+    cases = [(16, 4), (8, 8), (32, 64), (1, 16)]
+    for rs in (False, True):
+        for alpha, r in cases:
+            got = _call(fn, "lora_scaling", alpha, r, rs)
+            if isinstance(got, (str, bytes, bool)) or got is None:
+                raise Feedback(f"`lora_scaling` should return a number, not {type(got).__name__} {got!r}.")
+            try:
+                got = float(got)
+            except (TypeError, ValueError):
+                raise Feedback(f"`lora_scaling` should return a number, not {type(got).__name__}.") from None
+            want = alpha / math.sqrt(r) if rs else alpha / r
+            if math.isclose(got, want, rel_tol=1e-9):
+                continue
+            where = f"lora_scaling({alpha}, {r}, rank_stabilized={rs}) = {got:g}, expected {want:g}"
+            slips = [
+                (alpha, "that is alpha alone, the seed blog post's scaling: divide by r (or sqrt(r) for rsLoRA)."),
+                (alpha / r, "that is alpha / r, but rank_stabilized=True asks for rsLoRA's alpha / sqrt(r)."),
+                (alpha / math.sqrt(r), "that is rsLoRA's alpha / sqrt(r); without rank_stabilized it is alpha / r."),
+                (r / alpha, "the fraction is upside down: alpha / r."),
+                (alpha * r, "that multiplies by r; LoRA divides by it."),
+                (alpha / r ** 2, "that divides by r twice."),
+            ]
+            for value, why in slips:
+                if math.isclose(got, value, rel_tol=1e-9):
+                    raise Feedback(f"{where}: {why}")
+            raise Feedback(f"{where}.")
+    passed("α/r for LoRA, α/√r for rsLoRA (e.g. α = 32, r = 64: 0.5 vs 4).")
+
+
+# --------------------------------------------------------------------------- section 5: counting
+
+
+def check_lora_counts(trainable: Any, total: Any, in_features: int, out_features: int, r: int,
+                      bias: bool = True) -> None:
+    """Trainable and total parameter counts of ``LoRALinear(nn.Linear(in, out, bias), r)``."""
+    require_answer(trainable, "trainable")
+    require_answer(total, "total")
+    k, d = in_features, out_features
+    lora = r * (k + d)
+    base = d * k + (d if bias else 0)
+    slips = {
+        2 * r * k: f"that is 2·r·in_features: A is (r, in_features) = {r}×{k} but B is (out_features, r) = {d}×{r}.",
+        2 * r * d: f"that is 2·r·out_features: B is (out_features, r) = {d}×{r} but A is (r, in_features) = {r}×{k}.",
+        r * k * d: "that is r·in·out, the size of r full matrices: A and B together hold r·(in + out) numbers.",
+        r * k: "that counts A only; B is trainable too.",
+        r * d: "that counts B only; A is trainable too.",
+        base + lora: "that counts the frozen weight too; only A and B are trainable.",
+        lora + (d if bias else -1): "the bias is frozen with the base layer: only A and B are trainable.",
+    }
+    if trainable != lora and trainable in slips:
+        raise Feedback(f"`trainable` = {trainable}: {slips[trainable]}")
+    check_integer(trainable, lora, "trainable", hint="A (r, in) and B (out, r): r·(in + out).")
+    total_slips = {
+        base: "that is the base layer alone; the total includes A and B too.",
+        d * k + lora: "the base layer's bias is missing from the total." if bias else "",
+        lora: "that is the trainable part only; the total includes the frozen base layer.",
+        d * k: "that is the frozen weight alone: add its bias and the LoRA matrices.",
+    }
+    if total != base + lora and total_slips.get(total):
+        raise Feedback(f"`total` = {total}: {total_slips[total]}")
+    check_integer(total, base + lora, "total", hint="weight (out·in) + bias (out) + A and B (r·(in + out)).")
+    passed(f"{lora:,} trainable of {base + lora:,}: {base / lora:.1f}× fewer numbers to train than the layer's own "
+           f"{base:,}.")
+
+
+# --------------------------------------------------------------------------- section 6: merging
+
+
+def check_lora_layer(cls: Any, sizes: tuple[int, int, int] = (9, 6, 3)) -> None:
+    """A LoRA layer class ``cls(base, r, alpha)`` with ``lora_A``, ``lora_B``, ``merge()``, ``unmerge()``.
+
+    Checked: starts as the base, forward = base(x) + (alpha/r) x Aᵀ Bᵀ, only A and B trainable,
+    merged output = unmerged output, unmerge restores the weight.
+    """
+    require_answer(cls, "FixedLoRA")
+    if not isinstance(cls, type):
+        raise Feedback("`FixedLoRA` should be a class (class FixedLoRA(BuggyLoRA): ...).")
+    torch = _torch()
+    k, d, r = sizes
+    alpha = 12.0
+    torch.manual_seed(0)
+    base = torch.nn.Linear(k, d)
+    W0 = base.weight.detach().clone()
+    x = torch.randn(5, k)
+    try:
+        layer = cls(copy.deepcopy(base), r, alpha)
+    except NotImplementedError:
+        raise Feedback("`FixedLoRA` still raises NotImplementedError.") from None
+    for attr in ("lora_A", "lora_B", "base", "merge", "unmerge"):
+        if not hasattr(layer, attr):
+            raise Feedback(f"`FixedLoRA` has no `{attr}`: keep BuggyLoRA's names (subclass it and fix the method).")
+    if tuple(layer.lora_A.shape) != (r, k) or tuple(layer.lora_B.shape) != (d, r):
+        raise Feedback(f"lora_A should be (r, in) = {(r, k)} and lora_B (out, r) = {(d, r)}; got "
+                       f"{tuple(layer.lora_A.shape)} and {tuple(layer.lora_B.shape)}.")
+    with torch.no_grad():
+        if not _close(layer(x), base(x), 1e-6):
+            raise Feedback("At initialisation the layer's output differs from the base layer's: B must start "
+                           "at zero so that B A = 0.")
+    trainable = {n for n, p in layer.named_parameters() if p.requires_grad}
+    if trainable != {"lora_A", "lora_B"}:
+        raise Feedback(f"The trainable parameters are {sorted(trainable)}; only lora_A and lora_B should be "
+                       "(freeze the base layer with requires_grad_(False)).")
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        layer.lora_A.copy_(torch.randn(r, k, generator=g))
+        layer.lora_B.copy_(torch.randn(d, r, generator=g))
+        update = x @ layer.lora_A.T @ layer.lora_B.T
+        out = layer(x)
+        expected = base(x) + alpha / r * update
+        if not _close(out, expected):
+            for s, words in ((1.0, "without the scaling"), (alpha, "scaled by alpha instead of alpha / r")):
+                if _close(out, base(x) + s * update):
+                    raise Feedback(f"The forward adds the update {words}: it should be base(x) + "
+                                   "(alpha / r) * x @ lora_A.T @ lora_B.T.")
+            raise Feedback("The forward does not compute base(x) + (alpha / r) * x @ lora_A.T @ lora_B.T.")
+        layer.merge()
+        merged = layer(x)
+        if not _close(merged, expected, 1e-4):
+            W = layer.base.weight.detach()
+            dW = W - W0
+            right = alpha / r * layer.lora_B @ layer.lora_A
+            if _close(W, W0):
+                raise Feedback("After merge() the weight is unchanged: add ΔW = (alpha / r) · B @ A to "
+                               "base.weight.")
+            if dW.shape == right.shape:
+                for s, words in ((1.0, "without the scaling"), (alpha, "scaled by alpha instead of alpha / r")):
+                    if _close(dW, right / (alpha / r) * s, 1e-4):
+                        raise Feedback(f"merge() adds B @ A {words}, so the merged layer no longer computes what "
+                                       "the unmerged one did. Add (alpha / r) * lora_B @ lora_A.")
+                if _close(dW, 2 * right, 1e-4):
+                    raise Feedback("The merged layer adds ΔW twice: once in the weight and once more in forward. "
+                                   "A merged layer's forward must be base(x) only.")
+            if _close(merged, expected + alpha / r * update, 1e-4):
+                raise Feedback("The merged layer adds ΔW twice: once in the weight and once more in forward. "
+                               "A merged layer's forward must be base(x) only.")
+            raise Feedback("After merge() the output differs from the unmerged layer's: the weight should become "
+                           "W0 + (alpha / r) * lora_B @ lora_A and forward should use it alone.")
+        layer.unmerge()
+        if not _close(layer.base.weight, W0, 1e-5):
+            raise Feedback("unmerge() does not restore the original weight: subtract exactly what merge() added.")
+        if not _close(layer(x), expected, 1e-4):
+            raise Feedback("After unmerge() the output differs from before merging: forward should add the "
+                           "update again once the layer is unmerged.")
+    passed("starts as the base, scales by α/r, trains only A and B, and merges and unmerges without "
+           "changing the output.")
+
+
+# --------------------------------------------------------------------------- section 7: injection
+
+
+def check_target_modules(patterns: Any, make_model: Callable, expected: list[str]) -> None:
+    """``apply_lora(make_model(), patterns, r=2)`` must replace exactly the ``expected`` modules."""
+    require_answer(patterns, "target_modules")
+    from lora_edu.lora import apply_lora
+
+    try:
+        got = apply_lora(make_model(), patterns, r=2)
+    except (ValueError, TypeError) as exc:
+        raise Feedback(f"apply_lora rejected target_modules = {patterns!r}: {exc}") from None
+    missing = [n for n in expected if n not in got]
+    extra = [n for n in got if n not in expected]
+    if missing or extra:
+        parts = []
+        if extra:
+            parts.append(f"it also wraps {extra} (only the query and value projections should get LoRA)")
+        if missing:
+            parts.append(f"it misses {missing}")
+        hint = ""
+        if missing and all(n.count(".") >= 1 for n in missing):
+            hint = (" A full name such as 'blocks.0.attn.q' matches one module only; a suffix such as 'q' "
+                    "matches it in every block.")
+        raise Feedback(f"target_modules = {patterns!r} does not pick the right layers: {'; '.join(parts)}.{hint}")
+    passed(f"{len(got)} layers get LoRA: {', '.join(got)}.")
+
+
+# --------------------------------------------------------------------------- section 8: adapters
+
+
+def check_adapter_bytes(value: Any, model: Any) -> None:
+    """The bytes of tensor data in ``model``'s adapter (each LoRA entry in its own dtype)."""
+    require_answer(value, "adapter_bytes")
+    from lora_edu.lora import count_parameters, lora_state_dict
+
+    state = lora_state_dict(model)
+    numbers = sum(t.numel() for t in state.values())
+    size = state[next(iter(state))].element_size()
+    expected = sum(t.numel() * t.element_size() for t in state.values())
+    _, total = count_parameters(model)
+    slips = {
+        numbers: f"that is the number of entries; each one takes {size} bytes in {state[next(iter(state))].dtype}.",
+        total * size: "that is the whole model (frozen weights too); the adapter holds only lora_A and lora_B.",
+        total: "that is the whole model's parameter count; the adapter holds only lora_A and lora_B, at "
+               f"{size} bytes each.",
+        numbers * 2: "2 bytes per entry is float16/bfloat16; these tensors are float32 (4 bytes).",
+        numbers * 8: "8 bytes per entry is float64; these tensors are float32 (4 bytes).",
+    }
+    if value != expected and value in slips:
+        raise Feedback(f"`adapter_bytes` = {value}: {slips[value]}")
+    check_integer(value, expected, "adapter_bytes",
+                  hint="Count the entries of every lora_A and lora_B, times the bytes per entry.")
+    passed(f"{numbers:,} numbers × {size} bytes = {expected:,} bytes of adapter (the file adds a small header).")
+
+
+# --------------------------------------------------------------------------- choices
+
+
+def check_dropout_placement(answer: Any) -> None:
+    """Where LoRA's dropout acts: on the input of the LoRA branch only."""
+    options = {
+        "lora_input": "",
+        "layer_input": "Dropout on the shared input also hits the frozen path: in training the layer would no "
+                       "longer compute W0 x, even with B = 0, so the pretrained function is disturbed.",
+        "layer_output": "Dropout on the output zeroes parts of W0 x too: the frozen path is disturbed in training.",
+        "base_weight": "Dropping entries of W0 changes the frozen layer itself, which LoRA keeps untouched.",
+    }
+    check_choice(answer, "lora_input", "dropout_acts_on", options)
+    passed("only the LoRA branch sees dropout: the frozen path stays W0 x, and in eval mode the layer is "
+           "exactly W0 + ΔW, so merging changes nothing.")

@@ -1,0 +1,302 @@
+"""Chapter 05's exercise checks: right answers pass, typical wrong answers get a message naming the slip."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from lora_edu.checks import Feedback
+from lora_edu.checks.lora import (check_accumulated_update, check_adapter_bytes, check_dropout_placement,
+                                  check_lora_counts, check_lora_forward, check_lora_init, check_lora_layer,
+                                  check_scaling, check_target_modules)
+from lora_edu.lora import apply_lora
+
+# --------------------------------------------------------------------------- ΔW is the accumulated update
+
+
+def test_accumulated_update():
+    torch.manual_seed(0)
+    grads, lr = [torch.randn(3, 4) for _ in range(3)], 0.1
+    check_accumulated_update(-lr * (grads[0] + grads[1] + grads[2]), grads, lr)
+    check_accumulated_update((-lr * sum(grads)).numpy().tolist(), grads, lr)
+    with pytest.raises(Feedback, match="gradient of step 3 alone"):
+        check_accumulated_update(grads[2], grads, lr)
+    with pytest.raises(Feedback, match="gradient of step 1 alone"):
+        check_accumulated_update(-lr * grads[0], grads, lr)
+    with pytest.raises(Feedback, match="multiply by -lr"):
+        check_accumulated_update(sum(grads), grads, lr)
+    with pytest.raises(Feedback, match="wrong sign"):
+        check_accumulated_update(lr * sum(grads), grads, lr)
+    with pytest.raises(Feedback, match="transposed"):
+        check_accumulated_update((-lr * sum(grads)).T, grads, lr)
+    with pytest.raises(Feedback, match="no answer yet"):
+        check_accumulated_update(None, grads, lr)
+
+
+# --------------------------------------------------------------------------- the forward
+
+
+def right_forward(x, base, A, B, alpha, r):
+    return base(x) + (alpha / r) * (x @ A.T @ B.T)
+
+
+@pytest.mark.parametrize("wrong, words", [
+    (lambda x, base, A, B, alpha, r: base(x), "base\\(x\\) alone"),
+    (lambda x, base, A, B, alpha, r: base(x) + x @ A.T @ B.T, "not scaled"),
+    (lambda x, base, A, B, alpha, r: base(x) + alpha * (x @ A.T @ B.T), "scaled by alpha, as the seed"),
+    (lambda x, base, A, B, alpha, r: base(x) + alpha / math.sqrt(r) * (x @ A.T @ B.T), "rsLoRA"),
+    (lambda x, base, A, B, alpha, r: base(x) + r / alpha * (x @ A.T @ B.T), "upside down"),
+    (lambda x, base, A, B, alpha, r: x @ base.weight.T + alpha / r * (x @ A.T @ B.T), "bias"),
+    (lambda x, base, A, B, alpha, r: alpha / r * (x @ A.T @ B.T), "add the frozen layer"),
+    (lambda x, base, A, B, alpha, r: alpha / r * (base(x) + x @ A.T @ B.T), "multiplies base\\(x\\) too"),
+    (lambda x, base, A, B, alpha, r: base(x) + alpha / r * (x @ A @ B), "shape mismatch.*\\.T"),
+    (lambda x, base, A, B, alpha, r: base(x) + alpha / r * (x @ B.T @ A.T), "shape mismatch"),
+    (lambda x, base, A, B, alpha, r: (base(x) + alpha / r * (x @ A.T @ B.T)).T, "shape \\(6, 5\\)"),
+    (lambda x, base, A, B, alpha, r: base(x).detach().numpy(), "torch tensor"),
+    (lambda x, base, A, B, alpha, r: base(x) + 1.0, "wrong values"),
+])
+def test_lora_forward_slips(wrong, words):
+    with pytest.raises(Feedback, match=words):
+        check_lora_forward(wrong)
+
+
+def test_lora_forward_right_and_missing(capsys):
+    check_lora_forward(right_forward)
+    check_lora_forward(right_forward, seed=3, sizes=(2, 4, 9, 1))
+    assert "✅ Correct" in capsys.readouterr().out
+    with pytest.raises(Feedback, match="no answer yet"):
+        check_lora_forward(None)
+
+    def todo(*args):
+        raise NotImplementedError()
+
+    with pytest.raises(Feedback, match="NotImplementedError"):
+        check_lora_forward(todo)
+
+
+# --------------------------------------------------------------------------- the init
+
+
+def test_lora_init(capsys):
+    check_lora_init(lambda r, k, d: (torch.randn(r, k), torch.zeros(d, r)))
+    check_lora_init(lambda r, k, d: (torch.zeros(r, k), torch.randn(d, r)))  # the mirror: accepted, with a note
+    assert "mirror image" in capsys.readouterr().out
+    slips = [
+        (lambda r, k, d: (torch.zeros(r, k), torch.zeros(d, r)), "nothing ever moves"),
+        (lambda r, k, d: (torch.randn(r, k), torch.randn(d, r)), "step 0"),
+        (lambda r, k, d: (torch.randn(k, r), torch.zeros(r, d)), "seed's layout"),
+        (lambda r, k, d: (torch.zeros(d, r), torch.randn(r, k)), "swapped"),
+        (lambda r, k, d: (torch.ones(r, k), torch.zeros(d, r)), "rows are not independent"),
+        (lambda r, k, d: (torch.randn(r, k + 1), torch.zeros(d, r)), "Expected lora_A of shape"),
+        (lambda r, k, d: torch.randn(r, k), "two tensors"),
+        (lambda r, k, d: (torch.zeros(r, k), torch.ones(d, r)), "every entry of lora_B is the same"),
+    ]
+    for fn, words in slips:
+        with pytest.raises(Feedback, match=words):
+            check_lora_init(fn)
+
+
+# --------------------------------------------------------------------------- the scaling
+
+
+def test_scaling():
+    check_scaling(lambda alpha, r, rs=False: alpha / (math.sqrt(r) if rs else r))
+    slips = [
+        (lambda alpha, r, rs=False: alpha, "seed blog post"),
+        (lambda alpha, r, rs=False: alpha / r, "rank_stabilized=True asks for rsLoRA"),
+        (lambda alpha, r, rs=False: alpha / math.sqrt(r), "without rank_stabilized it is alpha / r"),
+        (lambda alpha, r, rs=False: r / alpha, "upside down"),
+        (lambda alpha, r, rs=False: alpha * r, "multiplies by r"),
+        (lambda alpha, r, rs=False: alpha / (r * r if not rs else math.sqrt(r)), "divides by r twice"),
+        (lambda alpha, r, rs=False: "4", "should return a number, not str"),
+        (lambda alpha, r, rs=False: 4.0, "lora_scaling\\(8, 8, rank_stabilized=False\\) = 4, expected 1\\.$"),
+        (lambda alpha, r, rs=False: None, "should return a number"),
+    ]
+    for fn, words in slips:
+        with pytest.raises(Feedback, match=words):
+            check_scaling(fn)
+
+
+# --------------------------------------------------------------------------- counting
+
+
+def test_lora_counts():
+    k, d, r = 1024, 4096, 16
+    lora, base = r * (k + d), d * k + d
+    check_lora_counts(lora, base + lora, k, d, r)
+    check_lora_counts(lora, d * k + lora, k, d, r, bias=False)
+    slips = [
+        ((2 * r * k, base + lora), "2·r·in_features"),
+        ((2 * r * d, base + lora), "2·r·out_features"),
+        ((r * k * d, base + lora), "r·in·out"),
+        ((r * k, base + lora), "counts A only"),
+        ((base + lora, base + lora), "frozen weight too"),
+        ((lora + d, base + lora), "bias is frozen"),
+        ((lora, base), "base layer alone"),
+        ((lora, d * k + lora), "bias is missing"),
+        ((lora, lora), "trainable part only"),
+        ((lora, d * k), "frozen weight alone"),
+        ((lora + 1, base + lora), "too large"),
+        ((lora, base + lora - 5), "too small"),
+        ((None, base + lora), "no answer yet"),
+    ]
+    for (t, n), words in slips:
+        with pytest.raises(Feedback, match=words):
+            check_lora_counts(t, n, k, d, r)
+
+
+# --------------------------------------------------------------------------- the fixed layer
+
+
+class GoodLoRA(nn.Module):
+    def __init__(self, base, r, alpha):
+        super().__init__()
+        self.base, self.r, self.scaling, self.merged = base, r, alpha / r, False
+        base.requires_grad_(False)
+        self.lora_A = nn.Parameter(torch.randn(r, base.in_features) * 0.1)
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r))
+
+    def delta(self):
+        return self.scaling * self.lora_B @ self.lora_A
+
+    def merge(self):
+        self.base.weight.data += self.delta()
+        self.merged = True
+
+    def unmerge(self):
+        self.base.weight.data -= self.delta()
+        self.merged = False
+
+    def forward(self, x):
+        out = self.base(x)
+        return out if self.merged else out + self.scaling * (x @ self.lora_A.T @ self.lora_B.T)
+
+
+class MergeNoScaling(GoodLoRA):
+    def delta(self):
+        return self.lora_B @ self.lora_A
+
+
+class MergeAlpha(GoodLoRA):
+    def delta(self):
+        return self.scaling * self.r * self.lora_B @ self.lora_A
+
+
+class ForwardAlpha(GoodLoRA):
+    def forward(self, x):
+        out = self.base(x)
+        return out if self.merged else out + self.scaling * self.r * (x @ self.lora_A.T @ self.lora_B.T)
+
+
+class RandomB(GoodLoRA):
+    def __init__(self, base, r, alpha):
+        super().__init__(base, r, alpha)
+        self.lora_B.data.normal_()
+
+
+class NotFrozen(GoodLoRA):
+    def __init__(self, base, r, alpha):
+        super().__init__(base, r, alpha)
+        base.requires_grad_(True)
+
+
+class DoubleAdd(GoodLoRA):
+    def forward(self, x):
+        return self.base(x) + self.scaling * (x @ self.lora_A.T @ self.lora_B.T)
+
+
+class NoMerge(GoodLoRA):
+    def merge(self):
+        self.merged = True
+
+
+class BadUnmerge(GoodLoRA):
+    def unmerge(self):
+        self.merged = False
+
+
+class Transposed(GoodLoRA):
+    def __init__(self, base, r, alpha):
+        super().__init__(base, r, alpha)
+        self.lora_A = nn.Parameter(torch.randn(base.in_features, r))
+        self.lora_B = nn.Parameter(torch.zeros(r, base.out_features))
+
+
+@pytest.mark.parametrize("cls, words", [
+    (MergeNoScaling, "merge\\(\\) adds B @ A without the scaling"),
+    (MergeAlpha, "merge\\(\\) adds B @ A scaled by alpha instead of alpha / r"),
+    (ForwardAlpha, "forward adds the update scaled by alpha"),
+    (RandomB, "B must start at zero"),
+    (NotFrozen, "only lora_A and lora_B should be"),
+    (DoubleAdd, "adds ΔW twice"),
+    (NoMerge, "weight is unchanged"),
+    (BadUnmerge, "does not restore"),
+    (Transposed, "lora_A should be \\(r, in\\)"),
+    (None, "no answer yet"),
+    (GoodLoRA(nn.Linear(2, 2), 1, 1.0), "should be a class"),
+])
+def test_lora_layer_bugs(cls, words):
+    with pytest.raises(Feedback, match=words):
+        check_lora_layer(cls)
+
+
+def test_lora_layer_right(capsys):
+    check_lora_layer(GoodLoRA)
+    assert "✅ Correct" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- injection and adapters
+
+
+class Block(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attn = nn.ModuleDict({n: nn.Linear(8, 8) for n in "qkvo"})
+        self.mlp = nn.Sequential(nn.Linear(8, 16), nn.Linear(16, 8))
+
+
+def two_blocks():
+    model = nn.Module()
+    model.blocks = nn.ModuleList([Block(), Block()])
+    return model
+
+
+QV = ["blocks.0.attn.q", "blocks.0.attn.v", "blocks.1.attn.q", "blocks.1.attn.v"]
+
+
+def test_target_modules():
+    check_target_modules(["q", "v"], two_blocks, QV)
+    check_target_modules(["attn.q", "attn.v"], two_blocks, QV)
+    with pytest.raises(Feedback, match="misses .*blocks.1.attn.q.*every block"):
+        check_target_modules(["blocks.0.attn.q", "blocks.0.attn.v"], two_blocks, QV)
+    with pytest.raises(Feedback, match="also wraps .*blocks.0.attn.k"):
+        check_target_modules(["q", "k", "v"], two_blocks, QV)
+    with pytest.raises(Feedback, match="rejected.*matches no module.*blocks.0.attn.q"):
+        check_target_modules(["q_proj", "v_proj"], two_blocks, QV)
+    with pytest.raises(Feedback, match="rejected.*ModuleDict"):
+        check_target_modules(["attn"], two_blocks, QV)
+    with pytest.raises(Feedback, match="no answer yet"):
+        check_target_modules(None, two_blocks, QV)
+
+
+def test_adapter_bytes():
+    model = two_blocks()
+    apply_lora(model, ["q", "v"], r=2)
+    numbers = 4 * 2 * (8 + 8)
+    check_adapter_bytes(numbers * 4, model)
+    total = sum(p.numel() for p in model.parameters())
+    for value, words in [(numbers, "number of entries"), (total * 4, "whole model"),
+                         (total, "parameter count"), (numbers * 2, "bfloat16"), (numbers * 8, "float64"),
+                         (numbers * 4 + 100, "too large"), (None, "no answer yet")]:
+        with pytest.raises(Feedback, match=words):
+            check_adapter_bytes(value, model)
+
+
+def test_dropout_placement():
+    check_dropout_placement("lora_input")
+    with pytest.raises(Feedback, match="frozen path"):
+        check_dropout_placement("layer_input")
+    with pytest.raises(Feedback, match="not one of the choices"):
+        check_dropout_placement("everywhere")
