@@ -1,0 +1,215 @@
+"""A fast training path for a LoRA layer: one ``torch.autograd.Function`` instead of six modules.
+
+The readable LoRA forward (``lora_edu.lora.LoRALinear`` with ``impl="reference"``, and PEFT's layer)
+is a chain of separate operations, each one a kernel launch and a full pass over an ``(N, out)``
+activation in device memory::
+
+    y = base(x)                  # the big matmul (what we cannot avoid)
+    t = dropout(x) @ A.T         # (N, r): reads x
+    u = t @ B.T                  # (N, out): writes a full-size tensor
+    v = u * scaling              # reads it, writes another one
+    h = y + v                    # reads two, writes a third
+
+and autograd mirrors each of them in the backward pass (the scaling again, and a separate sum of the
+two gradients that reach ``x``). LoRA adds about ``2r / in_features`` of the FLOPs, but on a GPU the
+extra *memory passes and launches* are what cost time (chapter 07 counts them).
+
+:func:`lora_linear` computes exactly the same function with far fewer passes:
+
+* forward: ``t = x @ A.T`` (one read of x, an ``(N, r)`` result), then ``out = scaling * t @ B.T``
+  written once (the scaling rides in the matmul's ``alpha``), then the big matmul *accumulates* into
+  ``out`` (``out.addmm_(x, W.T)``, i.e. ``beta=1``): the read of ``out`` hides behind the big
+  matmul's arithmetic. No separate scaling pass, no separate addition pass.
+* it saves only what the backward needs: ``x`` (which the caller usually keeps anyway) and the small
+  ``t = x @ A.T`` — never a full-size intermediate.
+* backward: ``dt = scaling * g @ B`` and ``dB = scaling * g.T @ t`` (two reads of g, scaling again in
+  ``alpha``), ``dA = dt.T @ x``, then ``grad_x = dt @ A`` written once and the big ``g @ W``
+  accumulated into it (``beta=1`` again), so the two contributions to ``grad_x`` are never summed
+  by a separate pass.
+
+Shapes (PyTorch's convention): ``x (..., in_features)``, ``weight (out, in)``, ``bias (out,)``,
+``lora_A (r, in)``, ``lora_B (out, r)``; the result is ``(..., out)``.
+
+Under ``torch.autocast`` every operand is cast to the autocast dtype first (as ``F.linear`` does), the
+result is in that dtype, and each gradient comes back in its input's own dtype.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from lora_edu import _triton_lora as _triton
+
+__all__ = ["lora_linear"]
+
+
+def _autocast_on(device_type: str) -> bool:
+    """Is ``torch.autocast`` active for this device type (cuda, cpu, ...)?"""
+    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
+
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype the matmuls run in: the autocast dtype when autocast is on, else x's own dtype."""
+    if _autocast_on(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return x.dtype
+
+
+def _cast(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    return t if t is None or t.dtype == dtype else t.to(dtype)
+
+
+class _FusedLoRALinear(torch.autograd.Function):
+    """``h = x @ W.T + b + scaling * (x_lora @ A.T) @ B.T`` with a hand-written backward.
+
+    ``x_lora`` is ``None`` when the LoRA branch sees the same input as the base layer (no dropout),
+    which lets the backward write both contributions to ``grad_x`` into one buffer.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, x_lora: Tensor | None, weight: Tensor, bias: Tensor | None,
+                lora_A: Tensor, lora_B: Tensor, scaling: float) -> Tensor:
+        dtype = _compute_dtype(x)
+        ctx.dtypes = (x.dtype, None if x_lora is None else x_lora.dtype, weight.dtype,
+                      None if bias is None else bias.dtype, lora_A.dtype, lora_B.dtype)
+        with torch.autocast(x.device.type, enabled=False):
+            x2 = _cast(x, dtype).reshape(-1, x.shape[-1])                    # (N, in)
+            xl2 = x2 if x_lora is None else _cast(x_lora, dtype).reshape(-1, x.shape[-1])
+            W, A, B = _cast(weight, dtype), _cast(lora_A, dtype), _cast(lora_B, dtype)
+            b = _cast(bias, dtype)
+            fast = _triton.available(x, dtype)
+            t = _thin_right(xl2, A, 1.0, fast)                               # (N, r) = x @ A.T: the only new thing saved
+            out = _thin_out(t, B, scaling, b, fast)                          # (N, out) = s * t @ B.T + b, written once
+            out.addmm_(x2, W.T)                                              # the big matmul accumulates (beta=1)
+        ctx.scaling = scaling
+        ctx.compute_dtype = dtype
+        ctx.fast = fast
+        ctx.shared_input = x_lora is None
+        need_x, need_xl, need_W, _, need_A, need_B, _ = ctx.needs_input_grad
+        # keep only what the requested gradients need (a frozen base under autocast: W's bf16 copy
+        # is needed only for grad_x; x only for the gradients of A and W)
+        ctx.save_for_backward(x2 if (need_A and x_lora is None) or need_W else None,
+                              xl2 if need_A and x_lora is not None else None,
+                              W if need_x else None,
+                              A if need_x or need_xl else None,
+                              B if need_x or need_xl or need_A else None,
+                              t if need_B else None)
+        return out.view(*x.shape[:-1], weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        x2, xl2, W, A, B, t = ctx.saved_tensors
+        xl2 = x2 if xl2 is None else xl2
+        s = ctx.scaling
+        need_x, need_xl, need_W, need_b, need_A, need_B, _ = ctx.needs_input_grad
+        x_dt, xl_dt, W_dt, b_dt, A_dt, B_dt = ctx.dtypes
+        dtype = ctx.compute_dtype
+        g = grad_out.reshape(-1, grad_out.shape[-1])
+        if g.dtype != dtype:
+            g = g.to(dtype)
+        grad_x = grad_xl = grad_W = grad_b = grad_A = grad_B = None
+        need_dt = need_A or need_x or need_xl
+        fast = ctx.fast
+        with torch.autocast(grad_out.device.type, enabled=False):
+            dt = _thin_right(g, B.T, s, fast) if need_dt else None           # (N, r) = s * g @ B
+            if need_B:
+                grad_B = _thin_reduce(g, t, s, fast).to(B_dt)                # (out, r) = s * g.T @ t
+            if need_A:
+                grad_A = _thin_reduce(xl2, dt, 1.0, fast, transposed=True).to(A_dt)  # (r, in) = dt.T @ x
+            if ctx.shared_input:
+                if need_x:                                                   # one buffer for both contributions:
+                    gx = _thin_out(dt, A.T, 1.0, None, fast)                 # the LoRA part dt @ A written once ...
+                    gx.addmm_(g, W)                                          # ... the big matmul accumulates
+                    grad_x = _unflat(grad_out, gx).to(x_dt)
+            else:
+                if need_x:
+                    grad_x = _unflat(grad_out, g @ W).to(x_dt)
+                if need_xl:
+                    grad_xl = _unflat(grad_out, _thin_out(dt, A.T, 1.0, None, fast)).to(xl_dt)
+            if need_W:                                                       # only if the base is not frozen
+                grad_W = (g.T @ x2).to(W_dt)
+            if need_b:
+                grad_b = g.sum(0).to(b_dt)
+        return grad_x, grad_xl, grad_W, grad_b, grad_A, grad_B, None
+
+
+def _unflat(grad_out: Tensor, flat: Tensor) -> Tensor:
+    """``flat`` (N, k) viewed with the leading dims of ``grad_out``: (..., k)."""
+    return flat.view(*grad_out.shape[:-1], flat.shape[-1])
+
+
+# The three thin matmuls of a LoRA layer (one side has only r columns). Each is one pass over a big
+# (N, d) operand; the scaling rides inside (addmm's alpha), so it costs no pass of its own. On a CUDA
+# GPU in bf16/fp16 they run as Triton kernels written for this shape (lora_edu._triton_lora),
+# elsewhere as torch.addmm.
+
+def _thin_right(x: Tensor, a: Tensor, s: float, fast: bool) -> Tensor:
+    """``s * x @ a.T``: (M, K) x (R, K) -> (M, R), one read of x."""
+    if fast:
+        return _triton.thin_right(x, a, s)
+    return torch.addmm(x.new_empty(()), x, a.T, beta=0, alpha=s)
+
+
+def _thin_out(t: Tensor, b: Tensor, s: float, bias: Tensor | None, fast: bool) -> Tensor:
+    """``s * t @ b.T + bias``: (M, R) x (N, R) -> (M, N), one write of the result."""
+    if fast:
+        return _triton.thin_out(t, b, s, bias)
+    return torch.addmm(t.new_empty(()) if bias is None else bias, t, b.T, beta=0 if bias is None else 1, alpha=s)
+
+
+def _thin_reduce(g: Tensor, t: Tensor, s: float, fast: bool, transposed: bool = False) -> Tensor:
+    """``s * g.T @ t``: (M, N) x (M, R) -> (N, R), one read of g; ``transposed`` returns the (R, N) layout."""
+    if fast:
+        if transposed:
+            out = torch.zeros((t.shape[1], g.shape[1]), device=g.device, dtype=torch.float32)
+            _triton.thin_reduce(g, t, s, out=out.T)
+            return out
+        return _triton.thin_reduce(g, t, s)
+    if transposed:
+        return torch.addmm(g.new_empty(()), t.T, g, beta=0, alpha=s)
+    return torch.addmm(g.new_empty(()), g.T, t, beta=0, alpha=s)
+
+
+def lora_linear(x: Tensor, weight: Tensor, bias: Tensor | None, lora_A: Tensor, lora_B: Tensor,
+                scaling: float, lora_input: Tensor | None = None) -> Tensor:
+    """The fused LoRA layer: ``x @ weight.T + bias + scaling * lora_input @ lora_A.T @ lora_B.T``.
+
+    Args:
+        x: ``(..., in_features)``, the input of the base layer.
+        weight: ``(out_features, in_features)``, the (usually frozen) base weight.
+        bias: ``(out_features,)`` or ``None``.
+        lora_A: ``(r, in_features)``; lora_B: ``(out_features, r)``.
+        scaling: ``alpha / r`` (or ``alpha / sqrt(r)`` for rsLoRA), a Python number.
+        lora_input: what the LoRA branch sees, e.g. ``dropout(x)``; ``None`` (the default) means
+            ``x`` itself, which is the fastest case (the two gradients reaching ``x`` share one buffer).
+
+    Returns:
+        ``(..., out_features)`` in the compute dtype (the autocast dtype under autocast, else x's dtype).
+
+    Raises:
+        ValueError: when the shapes do not fit together (the message names the argument).
+        TypeError: when the dtypes differ outside autocast.
+    """
+    in_f = x.shape[-1]
+    r = lora_A.shape[0]
+    if weight.dim() != 2 or weight.shape[1] != in_f:
+        raise ValueError(f"weight has shape {tuple(weight.shape)}; it should be (out_features, {in_f}) "
+                         f"to match x's last dimension {in_f}")
+    out_f = weight.shape[0]
+    if lora_A.dim() != 2 or lora_A.shape[1] != in_f:
+        raise ValueError(f"lora_A has shape {tuple(lora_A.shape)}; it should be (r, {in_f})")
+    if lora_B.dim() != 2 or tuple(lora_B.shape) != (out_f, r):
+        raise ValueError(f"lora_B has shape {tuple(lora_B.shape)}; it should be ({out_f}, {r}) "
+                         "= (out_features, r)")
+    if bias is not None and tuple(bias.shape) != (out_f,):
+        raise ValueError(f"bias has shape {tuple(bias.shape)}; it should be ({out_f},) or None")
+    if lora_input is not None and lora_input.shape != x.shape:
+        raise ValueError(f"lora_input has shape {tuple(lora_input.shape)}; it should match x's "
+                         f"{tuple(x.shape)} (pass dropout(x), or None for x itself)")
+    if not _autocast_on(x.device.type):
+        others = {"weight": weight, "bias": bias, "lora_A": lora_A, "lora_B": lora_B, "lora_input": lora_input}
+        for name, tensor in others.items():
+            if tensor is not None and tensor.dtype != x.dtype:
+                raise TypeError(f"{name} is {tensor.dtype} but x is {x.dtype}: cast the input or the layer "
+                                "(e.g. layer.to(x.dtype)), or run under torch.autocast")
+    return _FusedLoRALinear.apply(x, lora_input, weight, bias, lora_A, lora_B, float(scaling))
