@@ -50,6 +50,7 @@ __all__ = [
 ]
 
 INITS = ("kaiming", "gaussian", "pissa")
+IMPLS = ("auto", "reference", "fused")  # how forward computes it: see LoRALinear's impl argument
 _FORMAT = "lora_edu.lora/1"  # written into every adapter file's metadata
 
 
@@ -142,6 +143,17 @@ class LoRALinear(nn.Module):
             With ``B = 0`` (kaiming, gaussian) the wrapped layer equals the base exactly at the start.
         rank_stabilized: scale by ``alpha / sqrt(r)`` (rsLoRA, Kalajdzievski 2023) instead of
             ``alpha / r``.
+        impl: how ``forward`` computes the same function (chapter 07 measures both):
+
+            * ``"reference"`` — the readable chain ``base(x) + scaling * dropout(x) @ A.T @ B.T`` below;
+            * ``"fused"`` — :func:`lora_edu.fused.lora_linear`, one autograd function that writes the
+              output once and lets the big matmul accumulate into it, saves only ``x`` and ``x @ A.T``
+              for the backward pass, and on a CUDA GPU runs the thin matmuls as Triton kernels;
+            * ``"auto"`` (default) — ``"fused"`` for inputs on a CUDA GPU, where it is measurably faster
+              (``benchmarks/lora_gpu.py``), ``"reference"`` everywhere else.
+
+            Both give the same outputs and gradients (float32: within 1e-5; bfloat16: within 1e-2).
+            The attribute ``impl`` can be changed at any time.
 
     Attributes: ``base``, ``r``, ``alpha``, ``scaling``, ``rank_stabilized``, ``init``,
     ``lora_A (r, in_features)``, ``lora_B (out_features, r)`` (``nn.Parameter``s on the base's device
@@ -152,7 +164,7 @@ class LoRALinear(nn.Module):
     """
 
     def __init__(self, base: nn.Linear, r: int, alpha: float | None = None, dropout: float = 0.0,
-                 init: str = "kaiming", rank_stabilized: bool = False) -> None:
+                 init: str = "kaiming", rank_stabilized: bool = False, impl: str = "auto") -> None:
         super().__init__()
         base = _check_base(base)
         self.r = _check_rank(r, base.in_features, base.out_features)
@@ -172,6 +184,7 @@ class LoRALinear(nn.Module):
         self.lora_A = nn.Parameter(torch.empty(self.r, base.in_features, device=W.device, dtype=W.dtype))
         self.lora_B = nn.Parameter(torch.empty(base.out_features, self.r, device=W.device, dtype=W.dtype))
         self.merged = False
+        self.impl = impl
         self._init_adapter()
 
     @property
@@ -244,17 +257,33 @@ class LoRALinear(nn.Module):
         delta = self.scaling * (self.lora_B.to(work) @ self.lora_A.to(work))
         W.copy_((W.to(work) + sign * delta).to(W.dtype))
 
+    @property
+    def impl(self) -> str:
+        return self._impl
+
+    @impl.setter
+    def impl(self, value: str) -> None:
+        if value not in IMPLS:
+            raise ValueError(f"impl must be one of {', '.join(map(repr, IMPLS))}, got {value!r}.")
+        self._impl = value
+
     def forward(self, x: Tensor) -> Tensor:
-        """``x (..., in_features) -> (..., out_features)``: the readable (reference) computation."""
+        """``x (..., in_features) -> (..., out_features)``; the readable (reference) computation is below."""
         if self.merged:                       # the weight already holds W0 + ΔW
             return self.base(x)
+        if self._impl == "fused" or (self._impl == "auto" and x.is_cuda):   # chapter 07's fast path
+            from lora_edu.fused import lora_linear
+
+            drop = self.lora_dropout(x)       # x itself without dropout (or in eval mode)
+            return lora_linear(x, self.base.weight, self.base.bias, self.lora_A, self.lora_B, self.scaling,
+                               None if drop is x else drop)
         update = self.lora_dropout(x) @ self.lora_A.T @ self.lora_B.T
         return self.base(x) + self.scaling * update
 
     def extra_repr(self) -> str:
         rs = ", rank_stabilized=True" if self.rank_stabilized else ""
         return (f"r={self.r}, alpha={self.alpha:g}, scaling={self.scaling:.4g}{rs}, init={self.init!r}, "
-                f"merged={self.merged}")
+                f"merged={self.merged}, impl={self._impl!r}")
 
 
 # --------------------------------------------------------------------------- whole models
