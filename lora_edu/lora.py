@@ -147,8 +147,8 @@ class LoRALinear(nn.Module):
 
             * ``"reference"`` — the readable chain ``base(x) + scaling * dropout(x) @ A.T @ B.T`` below;
             * ``"fused"`` — :func:`lora_edu.fused.lora_linear`, one autograd function that writes the
-              output once and lets the big matmul accumulate into it, saves only ``x`` and ``x @ A.T``
-              for the backward pass, and on a CUDA GPU runs the thin matmuls as Triton kernels;
+              output once and lets the big matmul accumulate into it, and saves only ``x`` and
+              ``x @ A.T`` for the backward pass;
             * ``"auto"`` (default) — ``"fused"`` for inputs on a CUDA GPU, where it is measurably faster
               (``benchmarks/lora_gpu.py``), ``"reference"`` everywhere else.
 
