@@ -14,31 +14,35 @@ and autograd mirrors each of them in the backward pass (the scaling again, and a
 two gradients that reach ``x``). LoRA adds about ``2r / in_features`` of the FLOPs, but on a GPU the
 extra *memory passes and launches* are what cost time (chapter 07 counts them).
 
-:func:`lora_linear` computes exactly the same function with far fewer passes:
+:func:`lora_linear` computes exactly the same function with fewer passes and launches:
 
-* forward: ``t = x @ A.T`` (one read of x, an ``(N, r)`` result), then ``out = scaling * t @ B.T``
-  written once (the scaling rides in the matmul's ``alpha``), then the big matmul *accumulates* into
-  ``out`` (``out.addmm_(x, W.T)``, i.e. ``beta=1``): the read of ``out`` hides behind the big
-  matmul's arithmetic. No separate scaling pass, no separate addition pass.
+* forward: ``t = x @ A.T`` (one read of x, an ``(N, r)`` result), then ``out = t @ (scaling * B).T``
+  written once (the scaling is applied to the tiny ``(out, r)`` matrix B, not to an activation), then
+  the big matmul *accumulates* into ``out`` (``out.addmm_(x, W.T)``, i.e. ``beta=1``): the read of
+  ``out`` hides behind the big matmul's arithmetic. No scaling pass, no addition pass.
 * it saves only what the backward needs: ``x`` (which the caller usually keeps anyway) and the small
   ``t = x @ A.T`` — never a full-size intermediate.
-* backward: ``dt = scaling * g @ B`` and ``dB = scaling * g.T @ t`` (two reads of g, scaling again in
-  ``alpha``), ``dA = dt.T @ x``, then ``grad_x = dt @ A`` written once and the big ``g @ W``
-  accumulated into it (``beta=1`` again), so the two contributions to ``grad_x`` are never summed
-  by a separate pass.
+* backward: ``dt = g @ (scaling * B)`` and ``dB = scaling * g.T @ t`` (two reads of g, the scaling
+  again on small matrices only), ``dA = dt.T @ x``, then ``grad_x = dt @ A`` written once and the big
+  ``g @ W`` accumulated into it (``beta=1`` again), so the two contributions to ``grad_x`` are never
+  summed by a separate pass.
+
+What is left are four thin matmuls (one side only ``r`` wide) that each stream one ``(N, d)``
+tensor through memory, plus two reads/writes hidden in the big matmuls: chapter 07 counts them and
+shows how close this comes to the floor. (Custom kernels could fuse the two reads of ``g`` into one;
+this module sticks to stock ``torch`` operations, so it runs wherever PyTorch does.)
 
 Shapes (PyTorch's convention): ``x (..., in_features)``, ``weight (out, in)``, ``bias (out,)``,
 ``lora_A (r, in)``, ``lora_B (out, r)``; the result is ``(..., out)``.
 
 Under ``torch.autocast`` every operand is cast to the autocast dtype first (as ``F.linear`` does), the
-result is in that dtype, and each gradient comes back in its input's own dtype.
+result is in that dtype, and each gradient comes back in its input's own dtype. (The casts are done
+here, explicitly, so the operations inside need no autocast of their own.)
 """
 from __future__ import annotations
 
 import torch
 from torch import Tensor
-
-from lora_edu import _triton_lora as _triton
 
 __all__ = ["lora_linear"]
 
@@ -72,18 +76,14 @@ class _FusedLoRALinear(torch.autograd.Function):
         dtype = _compute_dtype(x)
         ctx.dtypes = (x.dtype, None if x_lora is None else x_lora.dtype, weight.dtype,
                       None if bias is None else bias.dtype, lora_A.dtype, lora_B.dtype)
-        with torch.autocast(x.device.type, enabled=False):
-            x2 = _cast(x, dtype).reshape(-1, x.shape[-1])                    # (N, in)
-            xl2 = x2 if x_lora is None else _cast(x_lora, dtype).reshape(-1, x.shape[-1])
-            W, A, B = _cast(weight, dtype), _cast(lora_A, dtype), _cast(lora_B, dtype)
-            b = _cast(bias, dtype)
-            fast = _triton.available(x, dtype)
-            t = _thin_right(xl2, A, 1.0, fast)                               # (N, r) = x @ A.T: the only new thing saved
-            out = _thin_out(t, B, scaling, b, fast)                          # (N, out) = s * t @ B.T + b, written once
-            out.addmm_(x2, W.T)                                              # the big matmul accumulates (beta=1)
+        x2 = _cast(x, dtype).reshape(-1, x.shape[-1])                  # (N, in)
+        xl2 = x2 if x_lora is None else _cast(x_lora, dtype).reshape(-1, x.shape[-1])
+        W, A, b = _cast(weight, dtype), _cast(lora_A, dtype), _cast(bias, dtype)
+        sB = _cast(lora_B, dtype) * scaling                            # (out, r): the scaling on the tiny matrix
+        t = xl2 @ A.T                                                  # (N, r): one read of x; saved
+        out = t @ sB.T if b is None else torch.addmm(b, t, sB.T)       # (N, out): written once (+ bias)
+        out.addmm_(x2, W.T)                                            # the big matmul adds into it (beta=1)
         ctx.scaling = scaling
-        ctx.compute_dtype = dtype
-        ctx.fast = fast
         ctx.shared_input = x_lora is None
         need_x, need_xl, need_W, _, need_A, need_B, _ = ctx.needs_input_grad
         # keep only what the requested gradients need (a frozen base under autocast: W's bf16 copy
@@ -92,82 +92,46 @@ class _FusedLoRALinear(torch.autograd.Function):
                               xl2 if need_A and x_lora is not None else None,
                               W if need_x else None,
                               A if need_x or need_xl else None,
-                              B if need_x or need_xl or need_A else None,
+                              sB if need_x or need_xl or need_A else None,
                               t if need_B else None)
         return out.view(*x.shape[:-1], weight.shape[0])
 
     @staticmethod
     def backward(ctx, grad_out: Tensor):
-        x2, xl2, W, A, B, t = ctx.saved_tensors
+        x2, xl2, W, A, sB, t = ctx.saved_tensors
         xl2 = x2 if xl2 is None else xl2
-        s = ctx.scaling
         need_x, need_xl, need_W, need_b, need_A, need_B, _ = ctx.needs_input_grad
         x_dt, xl_dt, W_dt, b_dt, A_dt, B_dt = ctx.dtypes
-        dtype = ctx.compute_dtype
-        g = grad_out.reshape(-1, grad_out.shape[-1])
+        g = grad_out.reshape(-1, grad_out.shape[-1])                   # (N, out)
+        dtype = (sB if sB is not None else t).dtype
         if g.dtype != dtype:
             g = g.to(dtype)
         grad_x = grad_xl = grad_W = grad_b = grad_A = grad_B = None
-        need_dt = need_A or need_x or need_xl
-        fast = ctx.fast
-        with torch.autocast(grad_out.device.type, enabled=False):
-            dt = _thin_right(g, B.T, s, fast) if need_dt else None           # (N, r) = s * g @ B
-            if need_B:
-                grad_B = _thin_reduce(g, t, s, fast).to(B_dt)                # (out, r) = s * g.T @ t
-            if need_A:
-                grad_A = _thin_reduce(xl2, dt, 1.0, fast, transposed=True).to(A_dt)  # (r, in) = dt.T @ x
-            if ctx.shared_input:
-                if need_x:                                                   # one buffer for both contributions:
-                    gx = _thin_out(dt, A.T, 1.0, None, fast)                 # the LoRA part dt @ A written once ...
-                    gx.addmm_(g, W)                                          # ... the big matmul accumulates
-                    grad_x = _unflat(grad_out, gx).to(x_dt)
-            else:
-                if need_x:
-                    grad_x = _unflat(grad_out, g @ W).to(x_dt)
-                if need_xl:
-                    grad_xl = _unflat(grad_out, _thin_out(dt, A.T, 1.0, None, fast)).to(xl_dt)
-            if need_W:                                                       # only if the base is not frozen
-                grad_W = (g.T @ x2).to(W_dt)
-            if need_b:
-                grad_b = g.sum(0).to(b_dt)
+        dt = g @ sB if (need_A or need_x or need_xl) else None         # (N, r) = s * g @ B: one read of g
+        if need_B:
+            grad_B = (g.T @ t).mul_(ctx.scaling).to(B_dt)               # (out, r) = s * g.T @ t: one read of g
+        if need_A:
+            grad_A = (dt.T @ xl2).to(A_dt)                              # (r, in): one read of x
+        if ctx.shared_input:
+            if need_x:                                                  # one buffer for both contributions:
+                gx = dt @ A                                             # the LoRA part, written once ...
+                gx.addmm_(g, W)                                         # ... the big matmul adds into it
+                grad_x = _unflat(grad_out, gx).to(x_dt)
+        else:
+            if need_x:
+                grad_x = _unflat(grad_out, g @ W).to(x_dt)
+            if need_xl:
+                grad_xl = _unflat(grad_out, dt @ A).to(xl_dt)
+        if need_W:                                                      # only if the base is not frozen
+            grad_W = (g.T @ x2).to(W_dt)
+        if need_b:
+            grad_b = g.sum(0).to(b_dt)
         return grad_x, grad_xl, grad_W, grad_b, grad_A, grad_B, None
 
 
 def _unflat(grad_out: Tensor, flat: Tensor) -> Tensor:
     """``flat`` (N, k) viewed with the leading dims of ``grad_out``: (..., k)."""
     return flat.view(*grad_out.shape[:-1], flat.shape[-1])
-
-
-# The three thin matmuls of a LoRA layer (one side has only r columns). Each is one pass over a big
-# (N, d) operand; the scaling rides inside (addmm's alpha), so it costs no pass of its own. On a CUDA
-# GPU in bf16/fp16 they run as Triton kernels written for this shape (lora_edu._triton_lora),
-# elsewhere as torch.addmm.
-
-def _thin_right(x: Tensor, a: Tensor, s: float, fast: bool) -> Tensor:
-    """``s * x @ a.T``: (M, K) x (R, K) -> (M, R), one read of x."""
-    if fast:
-        return _triton.thin_right(x, a, s)
-    return torch.addmm(x.new_empty(()), x, a.T, beta=0, alpha=s)
-
-
-def _thin_out(t: Tensor, b: Tensor, s: float, bias: Tensor | None, fast: bool) -> Tensor:
-    """``s * t @ b.T + bias``: (M, R) x (N, R) -> (M, N), one write of the result."""
-    if fast:
-        return _triton.thin_out(t, b, s, bias)
-    return torch.addmm(t.new_empty(()) if bias is None else bias, t, b.T, beta=0 if bias is None else 1, alpha=s)
-
-
-def _thin_reduce(g: Tensor, t: Tensor, s: float, fast: bool, transposed: bool = False) -> Tensor:
-    """``s * g.T @ t``: (M, N) x (M, R) -> (N, R), one read of g; ``transposed`` returns the (R, N) layout."""
-    if fast:
-        if transposed:
-            out = torch.zeros((t.shape[1], g.shape[1]), device=g.device, dtype=torch.float32)
-            _triton.thin_reduce(g, t, s, out=out.T)
-            return out
-        return _triton.thin_reduce(g, t, s)
-    if transposed:
-        return torch.addmm(g.new_empty(()), t.T, g, beta=0, alpha=s)
-    return torch.addmm(g.new_empty(()), g.T, t, beta=0, alpha=s)
 
 
 def lora_linear(x: Tensor, weight: Tensor, bias: Tensor | None, lora_A: Tensor, lora_B: Tensor,

@@ -100,7 +100,7 @@ def test_inputs_that_need_no_gradient():
 
 
 def test_saves_only_x_and_the_small_product():
-    """What autograd keeps for the backward pass: x (N, k) and x·Aᵀ (N, r) — no (N, d) tensor."""
+    """What autograd keeps for the backward pass: x (N, k), x·Aᵀ (N, r) and the tiny scaling·B — no (N, d) tensor."""
     t = make(n=(256,), k=32, d=48, r=4, bias=False)
     params = {t[k].untyped_storage().data_ptr() for k in ("W", "A", "B")}
     saved = []
@@ -108,7 +108,7 @@ def test_saves_only_x_and_the_small_product():
         run(lora_linear, t, 2.0)
     new = {x.untyped_storage().data_ptr(): tuple(x.shape) for x in saved
            if x.untyped_storage().data_ptr() not in params}
-    assert sorted(new.values()) == [(256, 4), (256, 32)]
+    assert sorted(new.values()) == [(48, 4), (256, 4), (256, 32)]   # scaling * B, x·Aᵀ, x
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -156,3 +156,123 @@ def test_cuda_dropout_and_autocast():
     assert got[0].dtype == torch.bfloat16
     for w, o in zip(want, got):
         assert rel_err(o, w) < 1e-2
+
+
+# --------------------------------------------------------------------------- through LoRALinear(impl=...)
+
+
+def lora_pair(device="cpu", dtype=torch.float32, dropout=0.0, rank_stabilized=False, bias=True, seed=0):
+    from torch import nn
+
+    from lora_edu.lora import LoRALinear
+
+    torch.manual_seed(seed)
+    base = nn.Linear(48, 40, bias=bias).to(device=device, dtype=dtype)
+    ref = LoRALinear(base, r=6, alpha=12, dropout=dropout, rank_stabilized=rank_stabilized, impl="reference")
+    with torch.no_grad():
+        ref.lora_B.normal_(std=0.5)        # B = 0 would hide any mistake in the LoRA branch
+    import copy
+    fused = copy.deepcopy(ref)
+    fused.impl = "fused"
+    return ref, fused
+
+
+def layer_run(layer, x, g, seed=0):
+    """Output and the gradients of x, A, B (same dropout mask for both layers via the seed)."""
+    x = x.detach().requires_grad_(True)
+    torch.manual_seed(seed)
+    out = layer(x)
+    grads = torch.autograd.grad(out, [x, layer.lora_A, layer.lora_B], g)
+    return [out.detach()] + list(grads)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.25])
+@pytest.mark.parametrize("rank_stabilized", [False, True])
+def test_lora_linear_impls_agree(dropout, rank_stabilized):
+    ref, fused = lora_pair(dropout=dropout, rank_stabilized=rank_stabilized)
+    x, g = torch.randn(2, 9, 48), torch.randn(2, 9, 40)
+    for w, o in zip(layer_run(ref, x, g), layer_run(fused, x, g)):
+        assert rel_err(o, w) < 1e-5
+    if dropout:      # dropout really acts on both (a different mask gives a different output)
+        assert rel_err(layer_run(fused, x, g, seed=1)[0], layer_run(ref, x, g)[0]) > 1e-4
+    ref.eval(), fused.eval()   # eval mode: no dropout, same function again
+    for w, o in zip(layer_run(ref, x, g), layer_run(fused, x, g)):
+        assert rel_err(o, w) < 1e-5
+
+
+def test_lora_linear_impls_agree_in_bfloat16():
+    ref, fused = lora_pair(dtype=torch.bfloat16)
+    x, g = torch.randn(64, 48, dtype=torch.bfloat16), torch.randn(64, 40, dtype=torch.bfloat16)
+    for w, o in zip(layer_run(ref, x, g), layer_run(fused, x, g)):
+        assert o.dtype == torch.bfloat16 and rel_err(o, w) < 1e-2
+
+
+def test_merged_layer_is_the_same_for_both_impls():
+    ref, fused = lora_pair(bias=False)
+    x = torch.randn(7, 48)
+    with torch.no_grad():
+        unmerged = fused(x)
+        fused.merge()
+        ref.merge()
+        assert rel_err(fused(x), unmerged) < 1e-5
+        assert torch.equal(fused(x), ref(x))          # merged: one plain matmul whatever impl says
+
+
+def test_auto_is_the_reference_on_cpu_and_impl_is_checked():
+    from lora_edu.lora import LoRALinear
+
+    ref, fused = lora_pair()
+    auto = LoRALinear(ref.base, r=6, alpha=12)
+    assert auto.impl == "auto"
+    with torch.no_grad():
+        auto.lora_A.copy_(ref.lora_A)
+        auto.lora_B.copy_(ref.lora_B)
+    x = torch.randn(5, 48)
+    assert torch.equal(auto(x), ref(x))
+    with pytest.raises(ValueError, match="impl must be one of"):
+        fused.impl = "fast"
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2), (torch.float16, 1e-2)])
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+def test_cuda_lora_linear_impls_agree(dtype, tol, dropout):
+    torch.backends.cuda.matmul.allow_tf32 = False
+    ref, fused = lora_pair(device="cuda", dtype=dtype, dropout=dropout, rank_stabilized=True)
+    x = torch.randn(3, 100, 48, device="cuda", dtype=dtype)
+    g = torch.randn(3, 100, 40, device="cuda", dtype=dtype)
+    for w, o in zip(layer_run(ref, x, g), layer_run(fused, x, g)):
+        assert rel_err(o, w) < tol
+    fused.eval()                               # no dropout: merged and unmerged compute the same
+    with torch.no_grad():
+        unmerged = fused(x)
+        fused.merge()
+        assert rel_err(fused(x), unmerged) < 10 * tol
+
+
+@pytest.mark.gpu
+def test_cuda_autocast_model_step_matches_reference():
+    """A whole transformer step under bf16 autocast: the fused and the reference LoRA agree."""
+    import copy
+
+    from lora_edu.lora import apply_lora
+    from lora_edu.transformer import Transformer, TransformerConfig
+
+    torch.manual_seed(0)
+    cfg = TransformerConfig.gpt2_small(n_layers=2, d_model=128, n_heads=4, d_mlp=512, vocab_size=300, max_seq_len=64)
+    model = Transformer(cfg).cuda()
+    ids = torch.randint(0, 300, (4, 64), device="cuda")
+    outs = []
+    for impl in ("reference", "fused"):
+        m = copy.deepcopy(model)
+        apply_lora(m, ["q_proj", "v_proj"], r=8, alpha=16, impl=impl)
+        torch.manual_seed(1)
+        for p in m.parameters():
+            if p.requires_grad:
+                torch.nn.init.normal_(p, std=0.05)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = torch.nn.functional.cross_entropy(m(ids).float().flatten(0, 1), ids.flatten())
+        loss.backward()
+        outs.append([loss.detach()] + [p.grad for p in m.parameters() if p.requires_grad])
+    for w, o in zip(*outs):
+        assert rel_err(o, w) < 2e-2
