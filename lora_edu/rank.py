@@ -76,7 +76,8 @@ def _svd_scaled(M: Any) -> tuple[np.ndarray, int, float, tuple[int, int]]:
             t = t * 2.0 ** (-e // 2) * 2.0 ** (-e - (-e // 2))  # two exact halves: 2**-e alone may underflow
         s = torch.linalg.svdvals(t).cpu().double().numpy()
         return s, e, eps, shape
-    compute = np.float32 if arr.dtype == np.float16 else arr.dtype  # NumPy's SVD has no float16
+    # NumPy's SVD handles float32 and float64 only: float16 is computed in float32, long double in float64
+    compute = {np.dtype(np.float16): np.float32, np.dtype(np.longdouble): np.float64}.get(arr.dtype, arr.dtype)
     eps = float(np.finfo(compute).eps)
     amax = float(np.max(np.abs(arr)))
     if amax == 0.0:

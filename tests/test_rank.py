@@ -200,8 +200,10 @@ def test_scaling_does_not_change_numeric_rank():
     assert numeric_rank(D) == 1 == np.linalg.matrix_rank(D)
 
 
-def test_numeric_rank_float16_and_int_arrays():
+def test_numeric_rank_float16_longdouble_and_int_arrays():
     assert numeric_rank(np.array(RANK_1, dtype=np.float16)) == 1
+    assert numeric_rank(np.array(FULL_RANK, dtype=np.longdouble)) == 3
+    assert exact_rank(np.array(FULL_RANK, dtype=np.longdouble)) == 3
     assert numeric_rank(np.array(FULL_RANK, dtype=np.int32)) == 3
     assert numeric_rank(np.array(FULL_RANK, dtype=np.uint8)) == 3
 
