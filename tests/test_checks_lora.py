@@ -128,19 +128,20 @@ def test_lora_counts():
     check_lora_counts(lora, base + lora, k, d, r)
     check_lora_counts(lora, d * k + lora, k, d, r, bias=False)
     slips = [
-        ((2 * r * k, base + lora), "2·r·in_features"),
+        ((2 * r * k, base + lora), "`trainable_count` = 32768: that is 2·r·in_features"),
         ((2 * r * d, base + lora), "2·r·out_features"),
         ((r * k * d, base + lora), "r·in·out"),
         ((r * k, base + lora), "counts A only"),
         ((base + lora, base + lora), "frozen weight too"),
         ((lora + d, base + lora), "bias is frozen"),
-        ((lora, base), "base layer alone"),
+        ((lora, base), "`total_count` = 4198400: that is the base layer alone"),
         ((lora, d * k + lora), "bias is missing"),
         ((lora, lora), "trainable part only"),
         ((lora, d * k), "frozen weight alone"),
         ((lora + 1, base + lora), "too large"),
         ((lora, base + lora - 5), "too small"),
-        ((None, base + lora), "no answer yet"),
+        ((None, base + lora), "`trainable_count` has no answer yet"),
+        ((lora, None), "`total_count` has no answer yet"),
     ]
     for (t, n), words in slips:
         with pytest.raises(Feedback, match=words):

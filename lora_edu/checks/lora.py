@@ -214,8 +214,8 @@ def check_scaling(fn: Callable) -> None:
 def check_lora_counts(trainable: Any, total: Any, in_features: int, out_features: int, r: int,
                       bias: bool = True) -> None:
     """Trainable and total parameter counts of ``LoRALinear(nn.Linear(in, out, bias), r)``."""
-    require_answer(trainable, "trainable")
-    require_answer(total, "total")
+    require_answer(trainable, "trainable_count")
+    require_answer(total, "total_count")
     k, d = in_features, out_features
     lora = r * (k + d)
     base = d * k + (d if bias else 0)
@@ -229,8 +229,8 @@ def check_lora_counts(trainable: Any, total: Any, in_features: int, out_features
         lora + (d if bias else -1): "the bias is frozen with the base layer: only A and B are trainable.",
     }
     if trainable != lora and trainable in slips:
-        raise Feedback(f"`trainable` = {trainable}: {slips[trainable]}")
-    check_integer(trainable, lora, "trainable", hint="A (r, in) and B (out, r): r·(in + out).")
+        raise Feedback(f"`trainable_count` = {trainable}: {slips[trainable]}")
+    check_integer(trainable, lora, "trainable_count", hint="A (r, in) and B (out, r): r·(in + out).")
     total_slips = {
         base: "that is the base layer alone; the total includes A and B too.",
         d * k + lora: "the base layer's bias is missing from the total." if bias else "",
@@ -238,8 +238,8 @@ def check_lora_counts(trainable: Any, total: Any, in_features: int, out_features
         d * k: "that is the frozen weight alone: add its bias and the LoRA matrices.",
     }
     if total != base + lora and total_slips.get(total):
-        raise Feedback(f"`total` = {total}: {total_slips[total]}")
-    check_integer(total, base + lora, "total", hint="weight (out·in) + bias (out) + A and B (r·(in + out)).")
+        raise Feedback(f"`total_count` = {total}: {total_slips[total]}")
+    check_integer(total, base + lora, "total_count", hint="weight (out·in) + bias (out) + A and B (r·(in + out)).")
     passed(f"{lora:,} trainable of {base + lora:,}: {base / lora:.1f}× fewer numbers to train than the layer's own "
            f"{base:,}.")
 
