@@ -1,0 +1,110 @@
+"""benchmarks/lora_gpu.py runs end to end at tiny sizes on a CPU and writes the documented JSON.
+
+No test here looks at a time: only that every measurement is there, named and shaped as the
+notebook (chapter 07) and the README expect.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from lora_edu.traffic import layer_kernels
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_benchmark():
+    spec = importlib.util.spec_from_file_location("lora_gpu", ROOT / "benchmarks" / "lora_gpu.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    bench = load_benchmark()
+    out = tmp_path_factory.mktemp("bench") / "smoke.json"
+    assert bench.main(["--smoke", "--device", "cpu", "--out", str(out)]) == 0
+    return bench, json.loads(out.read_text())
+
+
+def check_schema(bench, data):
+    assert set(bench.SCHEMA_KEYS) <= set(data)
+    assert data["benchmark"] == "lora_gpu"
+    for key in ("python", "torch", "peft", "transformers"):
+        assert data["versions"][key]
+    cfg = bench.SMOKE if data["smoke"] else bench.FULL
+    methods = {"forward": {"base_frozen", "lora_reference", "lora_fused", "peft", "merged"},
+               "forward_backward": {"base_frozen", "full_linear", "lora_reference", "lora_fused", "peft"}}
+    seen = {}
+    for rec in data["records"]:
+        assert set(bench.RECORD_KEYS) <= set(rec)
+        assert rec["dtype"] == "bfloat16" and rec["T"] == cfg["tokens"]
+        assert rec["median_ms"] > 0 and math.isfinite(rec["ratio_to_base"])
+        assert rec["p10_ms"] <= rec["median_ms"] <= rec["p90_ms"]
+        seen.setdefault((rec["d"], rec["r"], rec["mode"]), {})[rec["method"]] = rec
+    assert set(seen) == {(d, r, m) for d in cfg["dims"] for r in cfg["ranks"] for m in methods}
+    for (d, r, mode), group in seen.items():
+        assert set(group) == methods[mode]
+        assert group["base_frozen"]["ratio_to_base"] == 1.0     # ratios are to the base of the same group
+        for rec in group.values():
+            assert rec["ratio_to_base"] == pytest.approx(rec["median_ms"] / group["base_frozen"]["median_ms"])
+            assert (rec["peak_extra_mib"] is None) == (mode == "forward")
+    return seen
+
+
+def test_smoke_run_writes_the_schema(smoke):
+    bench, data = smoke
+    assert data["smoke"] is True and data["device"] == "cpu" and data["gpu"] == "cpu"
+    check_schema(bench, data)
+    assert data["ceilings"]["bandwidth"] > 0 and data["ceilings"]["matmul_flops"] > 0
+    assert set(data["targets"]) >= {"fused_fwd_bwd_met", "fused_not_slower_than_peft", "merged_met"}
+
+
+def test_kernel_records_follow_the_traffic_model(smoke):
+    bench, data = smoke
+    cfg = bench.SMOKE
+    d, r, T = max(cfg["dims"]), min(cfg["ranks"]), cfg["tokens"]
+    for impl in ("base", "reference", "fused"):
+        recs = [k for k in data["kernel_records"] if k["impl"] == impl]
+        assert [k["name"] for k in recs] == [k.name for k in layer_kernels(impl, T, d, d, r)]
+        for rec in recs:
+            assert set(bench.KERNEL_KEYS) <= set(rec) and rec["median_ms"] > 0 and rec["bytes"] > 0
+
+
+def test_model_records_compare_measured_and_predicted_memory(smoke):
+    bench, data = smoke
+    rows = {(m["model"], m["method"]): m for m in data["model_records"]}
+    assert set(rows) == {("lora_edu_transformer", "full"), ("lora_edu_transformer", "lora_reference"),
+                         ("lora_edu_transformer", "lora_fused"), ("gpt2_hf", "full"), ("gpt2_hf", "peft")}
+    for rec in rows.values():
+        assert set(bench.MODEL_KEYS) <= set(rec)
+        assert rec["peak_bytes"] > 0 and rec["predicted_bytes"] > 0
+        assert rec["prediction_error"] == pytest.approx(rec["predicted_bytes"] / rec["peak_bytes"] - 1)
+    full, lora = rows[("lora_edu_transformer", "full")], rows[("lora_edu_transformer", "lora_fused")]
+    assert full["trainable"] == full["total_params"] > lora["trainable"] > 0
+    assert rows[("lora_edu_transformer", "full")]["step_ratio_to_full"] == 1.0
+
+
+def test_recorded_gpu_results_have_the_schema():
+    """The committed H200 results (benchmarks/results/*.json, not smoke runs) follow the same schema."""
+    bench = load_benchmark()
+    files = [p for p in (ROOT / "benchmarks" / "results").glob("*.json") if "smoke" not in p.name]
+    recorded = [json.loads(p.read_text()) for p in files]
+    recorded = [d for d in recorded if d.get("benchmark") == "lora_gpu"]
+    if not recorded:
+        pytest.skip("no recorded GPU run in benchmarks/results/")
+    for data in recorded:
+        assert data["smoke"] is False and data["device"] == "cuda"
+        groups = check_schema(bench, data)
+        assert (4096, 8, "forward_backward") in groups
+
+
+def test_slug():
+    bench = load_benchmark()
+    assert bench.slug("NVIDIA H200") == "nvidia-h200"
+    assert bench.slug("  A100-SXM4 (80GB) ") == "a100-sxm4-80gb"
