@@ -578,9 +578,12 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _sweep_configs(ranks: Sequence[int]) -> list[dict[str, Any]]:
+def _sweep_configs(ranks: Sequence[int], smoke: bool = False) -> list[dict[str, Any]]:
     """The fine-tuning runs of one sweep (the notebook's, plus a few more ranks)."""
     runs: list[dict[str, Any]] = [{"method": "full"}]
+    if smoke:
+        return runs + [{"method": "lora", "r": 8}, {"method": "lora", "r": 64},
+                       {"method": "lora", "r": 16, "target_modules": ["q_proj"]}]
     runs += [{"method": "lora", "r": r} for r in ranks]
     runs += [{"method": "lora", "r": r, "rank_stabilized": True} for r in (16, 64) if r in ranks]
     runs += [{"method": "lora", "r": 8, "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2"]},
@@ -656,7 +659,6 @@ def gpu_sweep(out: str | Path, *, smoke: bool = False, budget_s: float = 330.0, 
                                    cfg=dict(d_model=256, n_heads=8, n_layers=4, d_mlp=1024))),
     }
     if smoke:
-        ranks = (1, 8, 64)
         plans["tiny"].update(steps=5, batch_size=16, eval_size=50, seeds=(0,))
         plans["wide"].update(steps=5, batch_size=16, eval_size=50,
                              pretrain=dict(steps=5, batch_size=16, lr=1e-3,
@@ -695,7 +697,7 @@ def gpu_sweep(out: str | Path, *, smoke: bool = False, budget_s: float = 330.0, 
         save()
         keep: dict[tuple, FinetuneResult] = {}
         for seed in plan["seeds"]:
-            for run in _sweep_configs(ranks):
+            for run in _sweep_configs(ranks, smoke):
                 name = f"{part} seed {seed} " + " ".join(f"{k}={v}" for k, v in run.items())
                 if time.perf_counter() - t0 > budget_s:
                     record["skipped"].append(name)

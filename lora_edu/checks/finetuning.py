@@ -1,0 +1,325 @@
+"""Checks for chapter 06 (fine-tuning with LoRA).
+
+Each check computes the right answer itself (with :mod:`lora_edu.experiments`, :mod:`lora_edu.lowrank` or
+plain NumPy/torch) and recognises the usual slips: a forgotten ``mod``, singular values not squared, φ
+divided by the wrong size, ``alpha`` instead of ``alpha / r``, ``A`` counted without ``B``, ...
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from lora_edu.checks import Feedback, check_integer, passed, require_answer
+
+
+def _call(fn: Callable, name: str, *args: Any) -> Any:
+    """Call the learner's function; a crash becomes feedback instead of a traceback."""
+    try:
+        return fn(*args)
+    except NotImplementedError:
+        raise Feedback(f"`{name}` still raises NotImplementedError: replace that line with your code.") from None
+    except Exception as exc:  # noqa: BLE001 — any crash in the learner's code is feedback
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        raise Feedback(f"Calling `{name}` raised {type(exc).__name__}: {first}") from None
+
+
+def _numbers(value: Any, name: str) -> np.ndarray:
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()
+    try:
+        return np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        raise Feedback(f"`{name}` should return numbers (a list, an array or a tensor), not "
+                       f"{type(value).__name__}.") from None
+
+
+def _function(fn: Any, name: str, signature: str) -> None:
+    require_answer(fn, name)
+    if not callable(fn):
+        raise Feedback(f"`{name}` should be a function: def {name}{signature}: ...")
+
+
+# --------------------------------------------------------------------------- section 1: the task
+
+
+def check_downstream_answer(fn: Callable, seed: int = 0) -> None:
+    """``fn(x)`` must give the downstream answer ``reverse(x) + 1 (mod 16)`` for a list of 8 symbols."""
+    import torch
+
+    from lora_edu.experiments import TASKS
+
+    _function(fn, "downstream_answer", "(x)")
+    rng = np.random.default_rng(seed)
+    cases = [list(range(8)), [15, 3, 15, 0, 7, 14, 1, 9]] + [rng.integers(0, 16, 8).tolist() for _ in range(5)]
+    for x in cases:
+        expected = TASKS.answer("reverse+1", torch.tensor(x)).tolist()
+        got = _numbers(_call(fn, "downstream_answer", list(x)), "downstream_answer(x)")
+        if got.shape != (8,):
+            raise Feedback(f"`downstream_answer({x})` should return 8 symbols, got shape {got.shape}.")
+        got = got.astype(int).tolist()
+        if got == expected:
+            continue
+        xs = np.array(x)
+        slips = [
+            ((xs[::-1] + 1).tolist(), "Some symbols came out as 16: the alphabet is 0..15, so 15 + 1 wraps round "
+                                      "to 0 — use % 16."),
+            (xs[::-1].tolist(), "That is plain `reverse`: every symbol must also go up by 1 (mod 16)."),
+            (((xs + 1) % 16).tolist(), "That is `copy+1`: the order must be reversed as well."),
+            (((xs[::-1] - 1) % 16).tolist(), "The shift goes the wrong way: add 1, do not subtract it."),
+            (((xs[::-1] + 2) % 16).tolist(), "That is `reverse+2`, a pretraining task: the downstream task adds 1."),
+            (xs.tolist(), "That is the input unchanged (`copy`)."),
+        ]
+        for wrong, message in slips:
+            if got == wrong:
+                raise Feedback(f"For x = {x} you returned {got}. {message}")
+        raise Feedback(f"For x = {x} the answer is {expected}, you returned {got}.")
+    passed(f"`reverse+1` reverses the 8 symbols and adds 1 mod 16 — e.g. {cases[1]} → "
+           f"{TASKS.answer('reverse+1', torch.tensor(cases[1])).tolist()}.")
+
+
+# --------------------------------------------------------------------------- counting parameters
+
+
+def _shapes(cfg: Any, targets: Sequence[str]) -> list[tuple[str, int, int]]:
+    """(name, in_features, out_features) of every targeted matrix of one block."""
+    d, m = cfg.d_model, cfg.d_mlp
+    known = {"q_proj": (d, d), "k_proj": (d, d), "v_proj": (d, d), "o_proj": (d, d), "fc1": (d, m), "fc2": (m, d)}
+    bad = [t for t in targets if t not in known]
+    if bad:
+        raise ValueError(f"unknown target module(s) {bad}; known: {sorted(known)}")
+    return [(t, *known[t]) for t in targets]
+
+
+def expected_lora_params(cfg: Any, r: int, targets: Sequence[str]) -> int:
+    """LoRA's trainable parameters on ``targets`` in every block of a model with config ``cfg``."""
+    return cfg.n_layers * sum(r * (k + d) for _, k, d in _shapes(cfg, targets))
+
+
+def check_trainable_params(value: Any, cfg: Any, r: int, targets: Sequence[str],
+                           name: str = "trainable") -> None:
+    """A count of LoRA's trainable parameters: ``n_layers × Σ r (in + out)`` over the targeted matrices."""
+    require_answer(value, name)
+    shapes = _shapes(cfg, targets)
+    expected = expected_lora_params(cfg, r, targets)
+    per_layer = expected // cfg.n_layers
+    try:
+        got = int(value) if float(value).is_integer() else None
+    except (TypeError, ValueError):
+        got = None
+    slips = [
+        (per_layer, f"that is one block's share, but the model has {cfg.n_layers} blocks, each with its own adapters"),
+        (cfg.n_layers * sum(r * k for _, k, _ in shapes), "you counted A (r × in_features) but not B (out_features × r)"),
+        (cfg.n_layers * sum(r * d for _, _, d in shapes), "you counted B (out_features × r) but not A (r × in_features)"),
+        (cfg.n_layers * sum(k * d for _, k, d in shapes), "that is the size of the full matrices W, which stay frozen: "
+                                                          "LoRA trains r × (in + out) per matrix"),
+        (cfg.n_layers * len(shapes) * r * 2 * cfg.d_model, f"not every matrix is d_model × d_model: fc1 is "
+                                                           f"{cfg.d_model} → {cfg.d_mlp}, fc2 {cfg.d_mlp} → {cfg.d_model}"),
+        (cfg.n_layers * r * (shapes[0][1] + shapes[0][2]), "you counted only one of the targeted matrices per block"),
+        (cfg.n_layers * sum(r * (k + d) for t, k, d in shapes if t not in ("fc1", "fc2")),
+         "you counted only the attention matrices: the MLP's fc1 and fc2 are nn.Linear layers too"),
+    ]
+    reasons = [message for wrong, message in slips if wrong == got and wrong != expected]
+    if got is not None and reasons:
+        text = "; or ".join(dict.fromkeys(reasons))
+        raise Feedback(f"`{name}` = {got} is not right. Perhaps {text}.")
+    check_integer(value, expected, name,
+                  hint=f"Each targeted matrix of shape (out, in) gets A (r, in) and B (out, r): r (in + out) "
+                       f"entries; there are {len(shapes)} targeted matrices in each of {cfg.n_layers} blocks.")
+    passed(f"{expected:,} trainable parameters: {cfg.n_layers} blocks × ("
+           + " + ".join(f"{r}·({k}+{d})" for _, k, d in shapes) + ").")
+
+
+def check_adapter_data_bytes(value: Any, trainable: int, bytes_per_value: int = 4) -> None:
+    """Bytes of tensor data in a float32 adapter: 4 bytes per trainable parameter."""
+    require_answer(value, "adapter_data_bytes")
+    expected = trainable * bytes_per_value
+    slips = {trainable: "That is the number of parameters; each float32 value takes 4 bytes.",
+             trainable * 2: "2 bytes per value is bfloat16/float16; these adapters are float32 (4 bytes).",
+             trainable * 8: "8 bytes per value is float64; these adapters are float32 (4 bytes).",
+             trainable * 32: "float32 is 32 *bits*, i.e. 4 bytes."}
+    try:
+        got = int(value)
+    except (TypeError, ValueError):
+        got = None
+    if got in slips and got != expected:
+        raise Feedback(f"`adapter_data_bytes` = {got}. {slips[got]}")
+    check_integer(value, expected, "adapter_data_bytes", hint="trainable parameters × 4 bytes (float32).")
+    passed(f"{trainable:,} float32 values × 4 bytes = {expected:,} bytes (the file adds a small JSON header).")
+
+
+# --------------------------------------------------------------------------- section 3: the rank sweep
+
+
+def check_smallest_rank(answer: Any, scores: Mapping[int, float], full_score: float, tol: float = 1.0) -> None:
+    """The smallest r whose score is within ``tol`` points of full fine-tuning (``scores``: r -> %)."""
+    require_answer(answer, "smallest_good_r")
+    good = sorted(r for r, s in scores.items() if s >= full_score - tol)
+    if not good:
+        raise Feedback(f"No rank in {sorted(scores)} comes within {tol} points of full fine-tuning here, so there "
+                       "is no right answer to this run: tell your instructor.")
+    expected = good[0]
+    if answer not in scores:
+        raise Feedback(f"`smallest_good_r` = {answer!r} is not one of the ranks tried: {sorted(scores)}.")
+    if answer == max(scores, key=lambda r: (scores[r], -r)) and answer != expected:
+        raise Feedback(f"r = {answer} has the best score, but a smaller rank is already within {tol} point(s) of "
+                       f"full fine-tuning ({full_score:.1f}%): the question is the *smallest* good r.")
+    if answer > expected:
+        raise Feedback(f"r = {answer} is within {tol} point(s) of full fine-tuning, but a smaller r is too: look "
+                       "further up the table.")
+    if answer < expected:
+        raise Feedback(f"r = {answer} scores {scores[answer]:.1f}%, more than {tol} point(s) below full "
+                       f"fine-tuning's {full_score:.1f}%.")
+    passed(f"r = {expected} is the smallest rank within {tol} point(s) of full fine-tuning "
+           f"({scores[expected]:.1f}% vs {full_score:.1f}%).")
+
+
+# --------------------------------------------------------------------------- section 4: energy of ΔW
+
+
+def check_energy_fraction(fn: Callable) -> None:
+    """``fn(S, k)``: the share of Σσ² held by the top k singular values (S sorted largest first)."""
+    _function(fn, "energy_fraction", "(S, k)")
+    S = np.array([4.0, 2.0, 1.0, 1.0, 0.5])
+    total = float(np.sum(S ** 2))
+    for k in (1, 2, 4):
+        expected = float(np.sum(S[:k] ** 2) / total)
+        got = _call(fn, "energy_fraction", S.copy(), k)
+        try:
+            got = float(got)
+        except (TypeError, ValueError):
+            raise Feedback(f"`energy_fraction(S, {k})` should return one number, not {type(got).__name__}.") from None
+        if math.isclose(got, expected, rel_tol=1e-6):
+            continue
+        slips = [
+            (float(np.sum(S[:k]) / np.sum(S)), "You summed the singular values themselves; energy is "
+                                               "||M||_F² = Σ σ_i², so square them first."),
+            (float(np.sum(S[:k + 1] ** 2) / total), "Off by one: S[:k] holds the top k values (S[:k+1] is k+1)."),
+            (float(np.sum(S[:k - 1] ** 2) / total), "Off by one: S[:k] holds the top k values."),
+            (float(np.sum(S[:k] ** 2)), "Divide by the total Σ σ_i² to get a share between 0 and 1."),
+            (float(np.sum(S[-k:] ** 2) / total), "You took the k *smallest* values: S is sorted largest first, "
+                                                 "so the top k are S[:k]."),
+            (float(np.sqrt(np.sum(S[:k] ** 2) / total)), "That is the square root of the share: leave the ratio "
+                                                         "of squared sums as it is."),
+            (1.0 - expected, "That is the share that is left *out* (the Eckart–Young error², relative)."),
+        ]
+        for wrong, message in slips:
+            if math.isclose(got, wrong, rel_tol=1e-6):
+                raise Feedback(f"energy_fraction(S, {k}) = {got:.4f} for S = {S.tolist()}. {message}")
+        raise Feedback(f"energy_fraction(S, {k}) should be {expected:.4f} for S = {S.tolist()}, got {got:.4f}.")
+    passed("the top k directions hold Σ_{i≤k} σ_i² / Σ σ_i² of the energy — e.g. 16/22.25 = 0.72 for the top one "
+           "of [4, 2, 1, 1, 0.5].")
+
+
+# --------------------------------------------------------------------------- section 5: LoRA's update
+
+
+def check_lora_update(fn: Callable, seed: int = 0) -> None:
+    """``fn(layer)``: ΔW = scaling · B A of a ``LoRALinear`` (out_features, in_features)."""
+    import torch
+    from torch import nn
+
+    from lora_edu.lora import LoRALinear
+
+    _function(fn, "lora_update", "(layer)")
+    torch.manual_seed(seed)
+    layer = LoRALinear(nn.Linear(7, 5), r=3, alpha=12.0)
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    expected = layer.delta_weight().detach()
+    got = _call(fn, "lora_update", layer)
+    if not isinstance(got, torch.Tensor):
+        got = torch.as_tensor(_numbers(got, "lora_update(layer)"))
+    got = got.detach().to(expected.dtype)
+    A, B = layer.lora_A.detach(), layer.lora_B.detach()
+    if got.shape != expected.shape:
+        if got.shape == (3, 3):
+            raise Feedback("You returned an r × r matrix: that is A @ B; ΔW is B @ A, shape (out, in) = (5, 7).")
+        if got.shape == (7, 5):
+            raise Feedback("You returned ΔWᵀ (in, out): ΔW = scaling · lora_B @ lora_A has shape (out, in) = (5, 7).")
+        raise Feedback(f"ΔW should have the weight's shape (out_features, in_features) = (5, 7), not {tuple(got.shape)}.")
+    if torch.allclose(got, expected, rtol=1e-5, atol=1e-6):
+        passed("ΔW = scaling · B @ A — here (12/3) · (5×3)(3×7), a 5×7 matrix of rank at most 3.")
+        return
+    slips = [(B @ A, "The scaling is missing: multiply B @ A by layer.scaling (alpha / r = 4 here)."),
+             (12.0 * B @ A, "You scaled by alpha; LoRA scales by alpha / r — use layer.scaling."),
+             (layer.base.weight.detach() + expected, "That is the merged weight W0 + ΔW; ΔW alone is scaling · B @ A."),
+             (-expected, "The sign is flipped.")]
+    for wrong, message in slips:
+        if torch.allclose(got, wrong, rtol=1e-5, atol=1e-6):
+            raise Feedback(message)
+    raise Feedback("ΔW has the right shape but wrong values: it is layer.scaling * layer.lora_B @ layer.lora_A.")
+
+
+# --------------------------------------------------------------------------- section 6: φ
+
+
+def check_phi(fn: Callable, seed: int = 0) -> None:
+    """``fn(U1, U2, i, j)``: the LoRA paper's φ = ||U1[:, :i]ᵀ U2[:, :j]||_F² / min(i, j)."""
+    from lora_edu.lowrank import subspace_similarity
+
+    _function(fn, "phi", "(U1, U2, i, j)")
+    rng = np.random.default_rng(seed)
+    U1 = np.linalg.qr(rng.standard_normal((10, 4)))[0]
+    U2 = np.linalg.qr(np.column_stack([U1[:, :1] + 0.3 * rng.standard_normal((10, 1)),
+                                       rng.standard_normal((10, 5))]))[0]
+    for i, j in [(1, 1), (2, 5), (4, 3), (3, 6)]:
+        expected = subspace_similarity(U1, U2, i, j)
+        got = _call(fn, "phi", U1.copy(), U2.copy(), i, j)
+        try:
+            got = float(got)
+        except (TypeError, ValueError):
+            raise Feedback(f"`phi` should return one number, not {type(got).__name__}.") from None
+        if math.isclose(got, expected, rel_tol=1e-6, abs_tol=1e-9):
+            continue
+        M = U1[:, :i].T @ U2[:, :j]
+        slips = [
+            (float(np.sum(M ** 2)), "Divide by min(i, j): without it φ is not between 0 and 1."),
+            (float(np.sum(M ** 2) / max(i, j)), "Divide by min(i, j), not max(i, j): two subspaces of sizes i < j can "
+                                                "overlap completely (φ = 1)."),
+            (float(np.linalg.norm(M) / min(i, j)), "Square the Frobenius norm: φ uses ||U1ᵀ U2||_F²."),
+            (float(np.sum(np.abs(M)) / min(i, j)), "Use the squared Frobenius norm (sum of squares), not the sum of "
+                                                   "absolute values."),
+            (float(np.sum((U1[:i, :].T @ U2[:j, :]) ** 2) / min(i, j)) if i == j else math.nan,
+             "Take the first i and j *columns* (U[:, :i]), not rows."),
+        ]
+        for wrong, message in slips:
+            if math.isclose(got, wrong, rel_tol=1e-6, abs_tol=1e-9):
+                raise Feedback(f"phi(U1, U2, {i}, {j}) = {got:.4f}. {message}")
+        raise Feedback(f"phi(U1, U2, {i}, {j}) should be {expected:.4f}, got {got:.4f}. "
+                       "φ = ||U1[:, :i].T @ U2[:, :j]||_F² / min(i, j).")
+    passed("φ = ||U1[:, :i]ᵀ U2[:, :j]||_F² / min(i, j): the mean squared cosine of the principal angles.")
+
+
+# --------------------------------------------------------------------------- section 7: scaling
+
+
+def check_scaling(fn: Callable) -> None:
+    """``fn(alpha, r, rank_stabilized)``: ``alpha / r``, or ``alpha / sqrt(r)`` for rsLoRA."""
+    _function(fn, "lora_scaling", "(alpha, r, rank_stabilized)")
+    for alpha, r in [(8.0, 4), (8.0, 64), (16.0, 1), (4.0, 16)]:
+        for rs in (False, True):
+            expected = alpha / math.sqrt(r) if rs else alpha / r
+            got = _call(fn, "lora_scaling", alpha, r, rs)
+            try:
+                got = float(got)
+            except (TypeError, ValueError):
+                raise Feedback(f"`lora_scaling` should return a number, not {type(got).__name__}.") from None
+            if math.isclose(got, expected, rel_tol=1e-9):
+                continue
+            label = f"lora_scaling({alpha:g}, {r}, rank_stabilized={rs}) = {got:g}"
+            other = alpha / r if rs else alpha / math.sqrt(r)
+            if r != 1 and math.isclose(got, other, rel_tol=1e-9):
+                if rs:
+                    raise Feedback(f"{label}: that is plain LoRA's alpha / r; with rank_stabilized=True (rsLoRA) "
+                                   "divide by sqrt(r) instead.")
+                raise Feedback(f"{label}: that is rsLoRA's alpha / sqrt(r); with rank_stabilized=False plain LoRA "
+                               "divides by r.")
+            if math.isclose(got, alpha, rel_tol=1e-9) and r != 1:
+                raise Feedback(f"{label}: that is alpha alone (the seed's scaling); divide by r (or sqrt(r)).")
+            if math.isclose(got, r / alpha, rel_tol=1e-9) or math.isclose(got, math.sqrt(r) / alpha, rel_tol=1e-9):
+                raise Feedback(f"{label}: the fraction is upside down — alpha is on top.")
+            raise Feedback(f"{label}, expected {expected:g}.")
+    passed("α/r shrinks the update as r grows; α/√r (rsLoRA) shrinks it only by √r — at α = 8, r = 64: "
+           "0.125 vs 1.")

@@ -1,0 +1,207 @@
+"""Chapter 06's exercise checks: right answers pass, typical wrong answers get a message that names the slip."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from lora_edu.checks import Feedback
+from lora_edu.checks.finetuning import (
+    check_adapter_data_bytes, check_downstream_answer, check_energy_fraction, check_lora_update, check_phi,
+    check_scaling, check_smallest_rank, check_trainable_params, expected_lora_params,
+)
+from lora_edu.experiments import tiny_config
+
+CFG = tiny_config()
+WIDE = tiny_config(d_model=256, n_heads=8, n_layers=4, d_mlp=1024)
+
+
+# --------------------------------------------------------------------------- downstream answer
+
+
+def test_downstream_answer_right(capsys):
+    check_downstream_answer(lambda x: [(v + 1) % 16 for v in reversed(x)])
+    check_downstream_answer(lambda x: np.array([(v + 1) % 16 for v in x])[::-1])      # shift then reverse
+    check_downstream_answer(lambda x: (torch.tensor(x).flip(0) + 1) % 16)
+    assert "✅ Correct" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("fn, match", [
+    (lambda x: [v + 1 for v in reversed(x)], "% 16"),
+    (lambda x: list(reversed(x)), "plain `reverse`"),
+    (lambda x: [(v + 1) % 16 for v in x], "`copy\\+1`"),
+    (lambda x: [(v - 1) % 16 for v in reversed(x)], "wrong way"),
+    (lambda x: [(v + 2) % 16 for v in reversed(x)], "`reverse\\+2`"),
+    (lambda x: list(x), "`copy`"),
+    (lambda x: [0] * 8, "the answer is"),
+    (lambda x: [1, 2], "8 symbols"),
+    (lambda x: 1 / 0, "ZeroDivisionError"),
+    (None, "no answer yet"),
+    (3, "should be a function"),
+])
+def test_downstream_answer_slips(fn, match):
+    with pytest.raises(Feedback, match=match):
+        check_downstream_answer(fn)
+
+
+def test_not_implemented_is_named():
+    def fn(x):
+        raise NotImplementedError()
+    with pytest.raises(Feedback, match="NotImplementedError"):
+        check_downstream_answer(fn)
+
+
+# --------------------------------------------------------------------------- parameter counts
+
+
+def test_expected_lora_params_matches_apply_lora():
+    from lora_edu.lora import apply_lora, count_parameters
+    from lora_edu.transformer import Transformer
+
+    for cfg, r, targets in [(CFG, 8, ["q_proj", "v_proj"]), (CFG, 3, ["q_proj", "k_proj", "v_proj", "o_proj",
+                                                                     "fc1", "fc2"]), (WIDE, 8, ["q_proj", "v_proj"])]:
+        with torch.device("meta"):
+            model = Transformer(cfg)
+        apply_lora(model, targets, r=r)
+        assert expected_lora_params(cfg, r, targets) == count_parameters(model)[0]
+
+
+def test_trainable_params_right(capsys):
+    check_trainable_params(4096, CFG, 8, ["q_proj", "v_proj"])
+    check_trainable_params(18432.0, CFG, 8, ["q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2"])
+    check_trainable_params(32768, WIDE, 8, ["q_proj", "v_proj"])
+    assert capsys.readouterr().out.count("✅ Correct") == 3
+
+
+ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "fc1", "fc2"]
+
+
+@pytest.mark.parametrize("value, targets, match", [
+    (2048, ["q_proj", "v_proj"], "one block's share"),                  # ambiguous slips: each is named
+    (2048, ["q_proj", "v_proj"], "counted A .* but not B"),
+    (16384, ["q_proj", "v_proj"], "full matrices W"),
+    (9216, ALL, "one block's share"),
+    (12288, ALL, "not every matrix is d_model × d_model"),
+    (8192, ALL, "only the attention matrices"),
+    (2 * (4 * 64 * 64 + 2 * 64 * 256), ALL, "full matrices W"),
+    (2 * 8 * (4 * 64 + 64 + 256), ALL, "counted A .* but not B"),
+    (4097, ["q_proj", "v_proj"], "too large"),
+    (100, ["q_proj", "v_proj"], "too small"),
+    ("many", ["q_proj", "v_proj"], "whole number"),
+    (None, ["q_proj", "v_proj"], "no answer yet"),
+])
+def test_trainable_params_slips(value, targets, match):
+    with pytest.raises(Feedback, match=match):
+        check_trainable_params(value, CFG, 8, targets)
+
+
+def test_adapter_bytes():
+    check_adapter_data_bytes(4 * 32768, 32768)
+    for wrong, match in [(32768, "4 bytes"), (2 * 32768, "bfloat16"), (8 * 32768, "float64"), (32 * 32768, "bits"),
+                         (4 * 32768 + 1, "too large")]:
+        with pytest.raises(Feedback, match=match):
+            check_adapter_data_bytes(wrong, 32768)
+
+
+# --------------------------------------------------------------------------- smallest good rank
+
+
+SCORES = {1: 92.3, 2: 99.6, 4: 100.0, 8: 100.0, 16: 99.9, 64: 100.0}
+
+
+def test_smallest_rank(capsys):
+    check_smallest_rank(2, SCORES, 100.0)
+    check_smallest_rank(4, SCORES, 100.0, tol=0.2)
+    assert "r = 2" in capsys.readouterr().out
+    with pytest.raises(Feedback, match="smaller rank is already within"):
+        check_smallest_rank(4, SCORES, 100.0)                            # the best score, but not the smallest
+    with pytest.raises(Feedback, match="a smaller r is too"):
+        check_smallest_rank(16, SCORES, 100.0)
+    with pytest.raises(Feedback, match="below full"):
+        check_smallest_rank(1, SCORES, 100.0)
+    with pytest.raises(Feedback, match="not one of the ranks"):
+        check_smallest_rank(3, SCORES, 100.0)
+    with pytest.raises(Feedback, match="tell your instructor"):
+        check_smallest_rank(1, {1: 10.0}, 100.0)
+
+
+# --------------------------------------------------------------------------- energy
+
+
+def test_energy_fraction_right(capsys):
+    check_energy_fraction(lambda S, k: float(np.sum(S[:k] ** 2) / np.sum(S ** 2)))
+    check_energy_fraction(lambda S, k: (torch.tensor(S[:k]) ** 2).sum() / (torch.tensor(S) ** 2).sum())
+    assert "✅ Correct" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("fn, match", [
+    (lambda S, k: np.sum(S[:k]) / np.sum(S), "square them"),
+    (lambda S, k: np.sum(S[:k + 1] ** 2) / np.sum(S ** 2), "Off by one"),
+    (lambda S, k: np.sum(S[:k] ** 2), "Divide by the total"),
+    (lambda S, k: np.sum(S[-k:] ** 2) / np.sum(S ** 2), "smallest"),
+    (lambda S, k: np.sqrt(np.sum(S[:k] ** 2) / np.sum(S ** 2)), "square root"),
+    (lambda S, k: 1 - np.sum(S[:k] ** 2) / np.sum(S ** 2), "left \\*out\\*"),
+    (lambda S, k: S[:k] ** 2 / np.sum(S ** 2), "one number|should be"),
+    (lambda S, k: 0.5, "should be"),
+])
+def test_energy_fraction_slips(fn, match):
+    with pytest.raises(Feedback, match=match):
+        check_energy_fraction(fn)
+
+
+# --------------------------------------------------------------------------- LoRA's ΔW
+
+
+def test_lora_update(capsys):
+    check_lora_update(lambda layer: layer.scaling * layer.lora_B @ layer.lora_A)
+    check_lora_update(lambda layer: (layer.alpha / layer.r) * (layer.lora_B @ layer.lora_A).detach().numpy())
+    assert "✅ Correct" in capsys.readouterr().out
+    for fn, match in [
+        (lambda layer: layer.lora_B @ layer.lora_A, "scaling is missing"),
+        (lambda layer: layer.alpha * layer.lora_B @ layer.lora_A, "scaled by alpha"),
+        (lambda layer: layer.scaling * layer.lora_A @ layer.lora_A.T, "r × r"),
+        (lambda layer: layer.scaling * layer.lora_A.T @ layer.lora_B.T, "ΔWᵀ"),
+        (lambda layer: layer.base.weight + layer.delta_weight(), "merged weight"),
+        (lambda layer: -layer.delta_weight(), "sign"),
+        (lambda layer: layer.lora_A @ layer.lora_B, "shape mismatch|raised RuntimeError"),
+    ]:
+        with pytest.raises(Feedback, match=match):
+            check_lora_update(fn)
+
+
+# --------------------------------------------------------------------------- φ
+
+
+def test_phi(capsys):
+    check_phi(lambda U1, U2, i, j: np.linalg.norm(U1[:, :i].T @ U2[:, :j]) ** 2 / min(i, j))
+    assert "✅ Correct" in capsys.readouterr().out
+    for fn, match in [
+        (lambda U1, U2, i, j: np.linalg.norm(U1[:, :i].T @ U2[:, :j]) ** 2, "Divide by min"),
+        (lambda U1, U2, i, j: np.linalg.norm(U1[:, :i].T @ U2[:, :j]) ** 2 / max(i, j), "not max"),
+        (lambda U1, U2, i, j: np.linalg.norm(U1[:, :i].T @ U2[:, :j]) / min(i, j), "Square the Frobenius"),
+        (lambda U1, U2, i, j: np.abs(U1[:, :i].T @ U2[:, :j]).sum() / min(i, j), "absolute values|Square the Frobenius"),
+        (lambda U1, U2, i, j: 1.0, "should be"),
+        (lambda U1, U2, i, j: U1[:, :i].T @ U2[:, :j], "one number"),
+    ]:
+        with pytest.raises(Feedback, match=match):
+            check_phi(fn)
+
+
+# --------------------------------------------------------------------------- scaling
+
+
+def test_scaling(capsys):
+    check_scaling(lambda alpha, r, rs: alpha / (math.sqrt(r) if rs else r))
+    assert "✅ Correct" in capsys.readouterr().out
+    for fn, match in [
+        (lambda alpha, r, rs: alpha / (r if rs else math.sqrt(r)), "that is rsLoRA's"),
+        (lambda alpha, r, rs: alpha, "alpha alone"),
+        (lambda alpha, r, rs: (math.sqrt(r) if rs else r) / alpha, "upside down"),
+        (lambda alpha, r, rs: alpha / r, "plain LoRA's alpha / r"),          # rsLoRA forgotten
+        (lambda alpha, r, rs: alpha / (2 * r), "expected 2"),
+        (lambda alpha, r, rs: "big", "a number"),
+    ]:
+        with pytest.raises(Feedback, match=match):
+            check_scaling(fn)
