@@ -1,0 +1,173 @@
+"""Checks for chapter 07 (LoRA on a GPU): FLOPs, bytes, break-even tokens, optimizer memory, GPT-3.
+
+Every check computes the right answer from the same arguments the notebook passes, and recognises the
+usual slips: counting one of A and B, a percentage instead of a fraction, float32 bytes where the
+tensors are bfloat16, forgetting the write (or the read) of an elementwise kernel, one Adam state
+instead of two, entries instead of bytes, one layer instead of all of them.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from lora_edu.checks import Feedback, check_integer, passed, require_answer
+
+
+def _number(value: Any, name: str) -> float:
+    require_answer(value, name)
+    if isinstance(value, bool):
+        raise Feedback(f"`{name}` should be a number, not {value!r}.")
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise Feedback(f"`{name}` should be a number, not {type(value).__name__} {value!r}.") from None
+    if not math.isfinite(out):
+        raise Feedback(f"`{name}` is {out}: look for a division by zero.")
+    return out
+
+
+def _near(a: float, b: float, rel: float = 1e-6) -> bool:
+    return math.isclose(a, b, rel_tol=rel, abs_tol=1e-12)
+
+
+def _slips(value: float, name: str, expected: float, slips: dict[str, float]) -> None:
+    """Raise the message of the first slip whose value matches ``value`` (and is not the right answer)."""
+    for message, wrong in slips.items():
+        if not _near(wrong, expected) and _near(value, wrong):
+            raise Feedback(f"`{name}` = {value:g}: {message}")
+
+
+# --------------------------------------------------------------------------- section 1
+
+
+def check_flop_fraction(value: Any, d: int, r: int) -> None:
+    """Extra forward FLOPs of LoRA on a ``d × d`` layer, as a fraction of the base: ``2r/d``."""
+    v = _number(value, "extra_flop_fraction")
+    expected = 2 * r / d
+    _slips(v, "extra_flop_fraction", expected, {
+        "that is a percentage; give the fraction (divide by 100).": 100 * expected,
+        "that counts only one of the two thin matmuls (x·Aᵀ *and* t·Bᵀ each cost 2·T·d·r).": r / d,
+        "that is the inverse: base FLOPs over LoRA FLOPs.": 1 / expected,
+        "LoRA's FLOPs grow with r, not r²: each thin matmul is 2·T·d·r.": 2 * r * r / d,
+    })
+    if not _near(v, expected):
+        raise Feedback(f"`extra_flop_fraction` = {v:g} is not right. The base costs 2·T·d² FLOPs; x·Aᵀ and "
+                       "t·Bᵀ cost 2·T·d·r each. Divide the extra by the base (T cancels).")
+    passed(f"LoRA adds 2r/d = {expected:.4%} of the base's FLOPs at d = {d}, r = {r}.")
+
+
+# --------------------------------------------------------------------------- section 2
+
+
+def check_elementwise_bytes(value: Any, T: int, d: int, dtype_bytes: int = 2) -> None:
+    """Bytes that ``v = u * scaling`` moves: it reads a ``(T, d)`` tensor and writes one: ``2·T·d·b``."""
+    v = _number(value, "scaling_bytes")
+    expected = 2 * T * d * dtype_bytes
+    _slips(v, "scaling_bytes", expected, {
+        "that is in float32 (4 bytes per entry); the activations here are bfloat16, 2 bytes each.":
+            2 * T * d * 4,
+        "that counts only one direction (the kernel reads u *and* writes v, each T·d entries), or entries "
+        "without their bytes.": T * d * dtype_bytes,
+        "that counts entries, not bytes: multiply by the bytes per entry.": 2 * T * d,
+        "that counts bits; a byte is 8 bits.": 8 * expected,
+        "that counts three tensors: multiplying by a Python number reads one tensor and writes one.":
+            3 * T * d * dtype_bytes,
+    })
+    if not _near(v, expected):
+        raise Feedback(f"`scaling_bytes` = {v:g} is not right: count the entries read and written, times the "
+                       f"bytes per entry ({dtype_bytes} for bfloat16).")
+    passed(f"one scaling pass moves {expected / 2**20:.0f} MiB — about {expected / 4.25e12 * 1e6:.0f} µs at "
+           "4.25 TB/s, for a multiplication the tensor cores would do in a blink.")
+
+
+# --------------------------------------------------------------------------- section 3
+
+
+def check_saved_bytes(value: Any, T: int, r: int, dtype_bytes: int = 2) -> None:
+    """Bytes of the one new activation the fused layer saves: ``t = x·Aᵀ``, ``(T, r)``."""
+    v = _number(value, "saved_bytes")
+    expected = T * r * dtype_bytes
+    _slips(v, "saved_bytes", expected, {
+        "that is in float32; the saved t is bfloat16 (2 bytes per entry).": T * r * 4,
+        "that counts entries, not bytes.": T * r,
+    })
+    if v > expected and v % (T * dtype_bytes) == 0 and v / (T * dtype_bytes) > r:
+        raise Feedback(f"`saved_bytes` = {v:g} is the size of a (T, {v / (T * dtype_bytes):g}) tensor: the fused "
+                       "layer never saves a full-width output; only the thin t = x·Aᵀ of shape (T, r).")
+    if not _near(v, expected):
+        raise Feedback(f"`saved_bytes` = {v:g} is not right: t = x·Aᵀ has T × r entries of {dtype_bytes} bytes.")
+    passed(f"t is only {expected / 2**10:.0f} KiB — the full-width intermediates never need to be kept.")
+
+
+# --------------------------------------------------------------------------- section 4
+
+
+def check_break_even_tokens(value: Any, d_in: int, d_out: int, r: int) -> None:
+    """Tokens after which an unmerged layer's extra FLOPs exceed merging's one-time cost.
+
+    Merging computes ``B·A``: ``2·d_out·r·d_in`` FLOPs once. Unmerged, each token costs
+    ``2·r·(d_in + d_out)`` extra. Break-even: ``d_in·d_out / (d_in + d_out)`` tokens (``d/2`` when square).
+    """
+    expected = d_in * d_out / (d_in + d_out)
+    v = _number(value, "break_even_tokens")
+    _slips(v, "break_even_tokens", expected, {
+        "that forgets that each token pays for *two* thin matmuls (x·Aᵀ and t·Bᵀ).": 2 * expected,
+        "that is the merge's FLOPs, not a number of tokens: divide by the extra FLOPs per token.":
+            2 * d_out * r * d_in,
+        "r cancels: both the merge and the per-token extra are proportional to r.": expected * r,
+    })
+    if not _near(v, expected, rel=1e-3):
+        raise Feedback(f"`break_even_tokens` = {v:g} is not right: divide merging's 2·d_out·r·d_in FLOPs by the "
+                       "2·r·(d_in + d_out) extra FLOPs of one token.")
+    passed(f"after {expected:g} tokens merging has paid for itself — a single batch of a long prompt.")
+
+
+# --------------------------------------------------------------------------- section 5
+
+
+def check_adam_bytes(value: Any, n_params: int, param_bytes: int = 4) -> None:
+    """AdamW's state for ``n_params`` trainable float32 parameters: two tensors (m and v), ``2·n·4`` bytes."""
+    require_answer(value, "adam_bytes")
+    P, b = n_params, param_bytes
+    expected = 2 * P * b
+    v = _number(value, "adam_bytes")
+    if _near(v, P * b):
+        raise Feedback(f"`adam_bytes` = {v:g} is one state tensor's worth (or two in bfloat16). AdamW keeps *two* "
+                       "float32 tensors per parameter: the running mean of the gradient (exp_avg) and of its "
+                       "square (exp_avg_sq).")
+    _slips(v, "adam_bytes", expected, {
+        "that counts entries, not bytes: each state entry is a 4-byte float32.": 2 * P,
+        "that adds the gradients (or the weights); the question asks for the optimizer state alone.": 3 * P * b,
+        "that adds the weights and the gradients; the question asks for the optimizer state alone.": 4 * P * b,
+        "that is in GB, not bytes.": expected / 1e9,
+        "that is in GiB, not bytes.": expected / 2**30,
+    })
+    if not _near(v, expected):
+        raise Feedback(f"`adam_bytes` = {v:g} is not right: 2 states × {P:,} parameters × {b} bytes.")
+    passed(f"AdamW's state is {expected / 2**30:.3f} GiB here — twice the weights, and it vanishes with LoRA.")
+
+
+# --------------------------------------------------------------------------- section 6
+
+
+def check_gpt3_lora_params(value: Any, n_layers: int = 96, d_model: int = 12288, r: int = 4,
+                           n_matrices: int = 2) -> None:
+    """Trainable LoRA parameters of GPT-3 175B with rank ``r`` on ``n_matrices`` (Wq, Wv) d × d per layer."""
+    require_answer(value, "gpt3_lora_params")
+    per = r * (d_model + d_model)
+    expected = n_layers * n_matrices * per
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value == expected // 2:
+            raise Feedback(f"`gpt3_lora_params` = {value:,} is half the answer: count both A (r × d) and B (d × r), "
+                           "for both Wq and Wv.")
+        if value == n_matrices * per:
+            raise Feedback(f"`gpt3_lora_params` = {value:,} is one layer's worth: GPT-3 has {n_layers} layers.")
+        if value == n_layers * n_matrices * d_model * d_model:
+            raise Feedback(f"`gpt3_lora_params` = {value:,} is the size of the full Wq and Wv: LoRA trains only "
+                           "A and B.")
+    check_integer(value, expected, "gpt3_lora_params",
+                  hint="Per matrix: A is r × d, B is d × r; two matrices per layer; all layers.")
+    passed(f"{expected:,} trainable parameters: 175 billion / {expected:,} ≈ {175e9 / expected:,.0f}×, the "
+           "paper's 'roughly 10,000×'.")

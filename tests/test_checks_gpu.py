@@ -1,0 +1,75 @@
+"""Chapter 07's exercise checks: the right answers pass, typical wrong ones get a message naming the slip."""
+from __future__ import annotations
+
+import pytest
+
+from lora_edu.checks import Feedback
+from lora_edu.checks.gpu import (check_adam_bytes, check_break_even_tokens, check_elementwise_bytes,
+                                 check_flop_fraction, check_gpt3_lora_params, check_saved_bytes)
+
+T, D, R, P = 8192, 4096, 8, 124_439_808
+
+
+def test_right_answers_pass(capsys):
+    check_flop_fraction(2 * R / D, D, R)
+    check_elementwise_bytes(2 * T * D * 2, T, D)
+    check_saved_bytes(T * R * 2, T, R)
+    check_break_even_tokens(D / 2, D, D, R)
+    check_break_even_tokens(768 * 2304 / (768 + 2304), 768, 2304, 8)
+    check_adam_bytes(2 * P * 4, P)
+    check_gpt3_lora_params(18_874_368)
+    check_gpt3_lora_params(18_874_368.0)
+    assert capsys.readouterr().out.count("✅ Correct") == 8
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (100 * 2 * R / D, "percentage"), (R / D, "only one of the two thin matmuls"), (D / (2 * R), "inverse"),
+    (2 * R * R / D, "not r²"), (0.5, "not right"), (None, "no answer yet"), ("a lot", "should be a number"),
+    (True, "should be a number"),
+])
+def test_flop_fraction_slips(wrong, message):
+    with pytest.raises(Feedback, match=message):
+        check_flop_fraction(wrong, D, R)
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (2 * T * D * 4, "float32"), (T * D * 2, "only one direction"), (T * D, "not right"),
+    (8 * 2 * T * D * 2, "bits"), (3 * T * D * 2, "three tensors"), (12345, "not right"),
+])
+def test_elementwise_bytes_slips(wrong, message):
+    with pytest.raises(Feedback, match=message):
+        check_elementwise_bytes(wrong, T, D)
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (T * R * 4, "float32"), (T * R, "entries"), (T * D * 2, "never saves a full-width output"), (7, "not right"),
+])
+def test_saved_bytes_slips(wrong, message):
+    with pytest.raises(Feedback, match=message):
+        check_saved_bytes(wrong, T, R)
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (D, "two\\* thin matmuls|\\*two\\*"), (2 * D * R * D, "merge's FLOPs"), (D / 2 * R, "r cancels"), (17, "not right"),
+])
+def test_break_even_slips(wrong, message):
+    with pytest.raises(Feedback, match=message):
+        check_break_even_tokens(wrong, D, D, R)
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (P * 4, "two"), (2 * P, "entries, not bytes"), (3 * P * 4, "adds the gradients"), (4 * P * 4, "weights and the"),
+    (2 * P * 4 / 1e9, "GB"), (2 * P * 4 / 2**30, "GiB"), (1, "not right"),
+])
+def test_adam_bytes_slips(wrong, message):
+    with pytest.raises(Feedback, match=message):
+        check_adam_bytes(wrong, P)
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (18_874_368 // 2, "half the answer"), (196_608, "one layer's worth"), (96 * 2 * 12288**2, "full Wq and Wv"),
+    (18_874_369, "too large"), (1.5, "whole number"),
+])
+def test_gpt3_lora_params_slips(wrong, message):
+    with pytest.raises(Feedback, match=message):
+        check_gpt3_lora_params(wrong)
