@@ -59,7 +59,7 @@ from lora_edu.transformer import Transformer, TransformerConfig, linear_names
 
 __all__ = [
     "SequenceTasks", "TASKS", "TASK_NAMES", "PRETRAIN_TASKS", "DOWNSTREAM_TASK", "PRETRAINED_PATH",
-    "tiny_config", "make_batch", "loss_and_accuracy", "evaluate", "train", "pretrain", "save_checkpoint",
+    "tiny_config", "wide_config", "make_batch", "loss_and_accuracy", "evaluate", "train", "pretrain", "save_checkpoint",
     "load_pretrained", "finetune", "FinetuneResult", "METHODS", "weight_updates", "energy_fraction",
     "phi_grid", "truncate_updates", "state_bytes", "gpu_sweep",
 ]
@@ -180,6 +180,11 @@ def tiny_config(spec: SequenceTasks = TASKS, **overrides: Any) -> TransformerCon
                d_mlp=256, bias=True, causal=True, activation="gelu")
     cfg.update(overrides)
     return TransformerConfig(**cfg)
+
+
+def wide_config(spec: SequenceTasks = TASKS, **overrides: Any) -> TransformerConfig:
+    """The GPU configuration's larger model: 4 layers, d_model 256, 8 heads, MLP 1024 (~3.2 M parameters)."""
+    return tiny_config(spec, **{"d_model": 256, "n_heads": 8, "n_layers": 4, "d_mlp": 1024, **overrides})
 
 
 def loss_and_accuracy(model: nn.Module, seq: torch.Tensor, spec: SequenceTasks = TASKS
@@ -655,14 +660,13 @@ def gpu_sweep(out: str | Path, *, smoke: bool = False, budget_s: float = 330.0, 
     plans = {
         "tiny": dict(steps=600, batch_size=128, eval_size=5000, seeds=tuple(seeds), pretrain=None),
         "wide": dict(steps=600, batch_size=128, eval_size=5000, seeds=(0,),
-                     pretrain=dict(steps=3000, batch_size=256, lr=1e-3,
-                                   cfg=dict(d_model=256, n_heads=8, n_layers=4, d_mlp=1024))),
+                     pretrain=dict(steps=3000, batch_size=256, lr=1e-3, cfg=wide_config().to_dict())),
     }
     if smoke:
         plans["tiny"].update(steps=5, batch_size=16, eval_size=50, seeds=(0,))
         plans["wide"].update(steps=5, batch_size=16, eval_size=50,
                              pretrain=dict(steps=5, batch_size=16, lr=1e-3,
-                                           cfg=dict(d_model=128, n_heads=4, n_layers=2, d_mlp=256)))
+                                           cfg=tiny_config(d_model=128, d_mlp=256).to_dict()))
     log(f"device {dev} ({gpu or 'no GPU'}); writing {out}")
     save()
     for part, plan in plans.items():
@@ -674,7 +678,7 @@ def gpu_sweep(out: str | Path, *, smoke: bool = False, budget_s: float = 330.0, 
                 entry["model"] = base.cfg.to_dict()
             else:
                 p = plan["pretrain"]
-                cfg = tiny_config(**p["cfg"])
+                cfg = TransformerConfig.from_dict(p["cfg"])
                 log(f"{part}: pretraining {cfg.n_layers} layers x d_model {cfg.d_model} for {p['steps']} steps")
                 ts = time.perf_counter()
                 base, hist = pretrain(steps=p["steps"], batch_size=p["batch_size"], lr=p["lr"], cfg=cfg,

@@ -12,10 +12,10 @@ from lora_edu.checks.finetuning import (
     check_adapter_data_bytes, check_downstream_answer, check_energy_fraction, check_lora_update, check_phi,
     check_scaling, check_smallest_rank, check_trainable_params, expected_lora_params,
 )
-from lora_edu.experiments import tiny_config
+from lora_edu.experiments import tiny_config, wide_config
 
 CFG = tiny_config()
-WIDE = tiny_config(d_model=256, n_heads=8, n_layers=4, d_mlp=1024)
+WIDE = wide_config()
 
 
 # --------------------------------------------------------------------------- downstream answer
@@ -97,12 +97,15 @@ def test_trainable_params_slips(value, targets, match):
         check_trainable_params(value, CFG, 8, targets)
 
 
-def test_adapter_bytes():
-    check_adapter_data_bytes(4 * 32768, 32768)
-    for wrong, match in [(32768, "4 bytes"), (2 * 32768, "bfloat16"), (8 * 32768, "float64"), (32 * 32768, "bits"),
-                         (4 * 32768 + 1, "too large")]:
+def test_adapter_bytes(capsys):
+    qv = ["q_proj", "v_proj"]
+    check_adapter_data_bytes(4 * 32768, WIDE, 8, qv)
+    assert "131,072 bytes" in capsys.readouterr().out
+    for wrong, match in [(32768, "number of parameters"), (2 * 32768, "bfloat16"), (8 * 32768, "float64"),
+                         (32 * 32768, "bits"), (32768, "4 bytes"), (4 * 8192, "one block"),
+                         (4 * 4 * 2 * 256 * 256, "full matrices"), (4 * 32768 + 1, "too large"), (None, "no answer")]:
         with pytest.raises(Feedback, match=match):
-            check_adapter_data_bytes(wrong, 32768)
+            check_adapter_data_bytes(wrong, WIDE, 8, qv)
 
 
 # --------------------------------------------------------------------------- smallest good rank

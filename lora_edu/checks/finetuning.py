@@ -131,21 +131,27 @@ def check_trainable_params(value: Any, cfg: Any, r: int, targets: Sequence[str],
            + " + ".join(f"{r}·({k}+{d})" for _, k, d in shapes) + ").")
 
 
-def check_adapter_data_bytes(value: Any, trainable: int, bytes_per_value: int = 4) -> None:
-    """Bytes of tensor data in a float32 adapter: 4 bytes per trainable parameter."""
+def check_adapter_data_bytes(value: Any, cfg: Any, r: int, targets: Sequence[str], bytes_per_value: int = 4) -> None:
+    """Bytes of tensor data in a float32 LoRA adapter on ``targets`` of a model with config ``cfg``."""
     require_answer(value, "adapter_data_bytes")
+    trainable = expected_lora_params(cfg, r, targets)
     expected = trainable * bytes_per_value
-    slips = {trainable: "That is the number of parameters; each float32 value takes 4 bytes.",
-             trainable * 2: "2 bytes per value is bfloat16/float16; these adapters are float32 (4 bytes).",
-             trainable * 8: "8 bytes per value is float64; these adapters are float32 (4 bytes).",
-             trainable * 32: "float32 is 32 *bits*, i.e. 4 bytes."}
+    slips = [(trainable, "that is the number of parameters; each float32 value takes 4 bytes"),
+             (trainable * 2, "2 bytes per value is bfloat16/float16; these adapters are float32 (4 bytes)"),
+             (trainable * 8, "8 bytes per value is float64; these adapters are float32 (4 bytes)"),
+             (trainable * 32, "float32 is 32 *bits*, i.e. 4 bytes"),
+             (trainable // cfg.n_layers * 4, f"that is one block's adapters; the model has {cfg.n_layers} blocks"),
+             (cfg.n_layers * sum(k * d for _, k, d in _shapes(cfg, targets)) * 4,
+              "that is the size of the full matrices W; the adapter stores A and B only")]
     try:
         got = int(value)
     except (TypeError, ValueError):
         got = None
-    if got in slips and got != expected:
-        raise Feedback(f"`adapter_data_bytes` = {got}. {slips[got]}")
-    check_integer(value, expected, "adapter_data_bytes", hint="trainable parameters × 4 bytes (float32).")
+    reasons = [message for wrong, message in slips if wrong == got and wrong != expected]
+    if reasons:
+        raise Feedback(f"`adapter_data_bytes` = {got} is not right. Perhaps {'; or '.join(dict.fromkeys(reasons))}.")
+    check_integer(value, expected, "adapter_data_bytes",
+                  hint="Count the trainable parameters (r × (in + out) per adapted matrix), then 4 bytes each.")
     passed(f"{trainable:,} float32 values × 4 bytes = {expected:,} bytes (the file adds a small JSON header).")
 
 
