@@ -44,6 +44,8 @@ from typing import Iterable
 import torch
 from torch import Tensor, nn
 
+from lora_edu.fused import lora_linear
+
 __all__ = [
     "LoRALinear", "apply_lora", "merge_lora", "count_parameters",
     "lora_state_dict", "load_lora_state_dict", "save_adapter", "load_adapter",
@@ -272,11 +274,9 @@ class LoRALinear(nn.Module):
         if self.merged:                       # the weight already holds W0 + ΔW
             return self.base(x)
         if self._impl == "fused" or (self._impl == "auto" and x.is_cuda):   # chapter 07's fast path
-            from lora_edu.fused import lora_linear
-
-            drop = self.lora_dropout(x)       # x itself without dropout (or in eval mode)
+            drop = None if isinstance(self.lora_dropout, nn.Identity) else self.lora_dropout(x)
             return lora_linear(x, self.base.weight, self.base.bias, self.lora_A, self.lora_B, self.scaling,
-                               None if drop is x else drop)
+                               None if drop is x else drop)   # (dropout in eval mode returns x itself)
         update = self.lora_dropout(x) @ self.lora_A.T @ self.lora_B.T
         return self.base(x) + self.scaling * update
 
