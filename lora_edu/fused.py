@@ -47,45 +47,23 @@ from torch import Tensor
 __all__ = ["lora_linear"]
 
 
-def _autocast_on(device_type: str) -> bool:
-    """Is ``torch.autocast`` active for this device type (cuda, cpu, ...)?"""
-    return torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type)
-
-
-def _compute_dtype(x: Tensor) -> torch.dtype:
-    """The dtype the matmuls run in: the autocast dtype when autocast is on, else x's own dtype."""
-    if _autocast_on(x.device.type):
-        return torch.get_autocast_dtype(x.device.type)
-    return x.dtype
-
-
-def _cast(t: Tensor | None, dtype: torch.dtype) -> Tensor | None:
-    return t if t is None or t.dtype == dtype else t.to(dtype)
-
-
 class _FusedLoRALinear(torch.autograd.Function):
     """``h = x @ W.T + b + scaling * (x_lora @ A.T) @ B.T`` with a hand-written backward.
 
-    ``x_lora`` is ``None`` when the LoRA branch sees the same input as the base layer (no dropout),
-    which lets the backward write both contributions to ``grad_x`` into one buffer.
+    ``x`` comes in flattened to ``(N, in)``; ``x_lora`` is ``None`` when the LoRA branch sees the same
+    input as the base layer (no dropout), which lets the backward write both contributions to
+    ``grad_x`` into one buffer. ``dtype`` is the compute dtype (chosen once by :func:`lora_linear`).
     """
 
     @staticmethod
     def forward(ctx, x: Tensor, x_lora: Tensor | None, weight: Tensor, bias: Tensor | None,
-                lora_A: Tensor, lora_B: Tensor, scaling: float) -> Tensor:
-        dtype = _compute_dtype(x)
+                lora_A: Tensor, lora_B: Tensor, scaling: float, dtype: torch.dtype) -> Tensor:
         ctx.dtypes = (x.dtype, None if x_lora is None else x_lora.dtype, weight.dtype,
                       None if bias is None else bias.dtype, lora_A.dtype, lora_B.dtype)
-        x2 = _cast(x, dtype).reshape(-1, x.shape[-1])                  # (N, in)
-        xl2 = x2 if x_lora is None else _cast(x_lora, dtype).reshape(-1, x.shape[-1])
-        W, A, b = _cast(weight, dtype), _cast(lora_A, dtype), _cast(bias, dtype)
-        sB = _cast(lora_B, dtype) * scaling                            # (out, r): the scaling on the tiny matrix
-        t = xl2 @ A.T                                                  # (N, r): one read of x; saved
-        out = t @ sB.T if b is None else torch.addmm(b, t, sB.T)       # (N, out): written once (+ bias)
-        out.addmm_(x2, W.T)                                            # the big matmul adds into it (beta=1)
+        out, x2, xl2, W, A, sB, t = _forward(x, x_lora, weight, bias, lora_A, lora_B, scaling, dtype)
         ctx.scaling = scaling
         ctx.shared_input = x_lora is None
-        need_x, need_xl, need_W, _, need_A, need_B, _ = ctx.needs_input_grad
+        need_x, need_xl, need_W, _, need_A, need_B, _, _ = ctx.needs_input_grad
         # keep only what the requested gradients need (a frozen base under autocast: W's bf16 copy
         # is needed only for grad_x; x only for the gradients of A and W)
         ctx.save_for_backward(x2 if (need_A and x_lora is None) or need_W else None,
@@ -94,44 +72,42 @@ class _FusedLoRALinear(torch.autograd.Function):
                               A if need_x or need_xl else None,
                               sB if need_x or need_xl or need_A else None,
                               t if need_B else None)
-        return out.view(*x.shape[:-1], weight.shape[0])
+        return out
 
     @staticmethod
-    def backward(ctx, grad_out: Tensor):
+    def backward(ctx, g: Tensor):
         x2, xl2, W, A, sB, t = ctx.saved_tensors
         xl2 = x2 if xl2 is None else xl2
-        need_x, need_xl, need_W, need_b, need_A, need_B, _ = ctx.needs_input_grad
+        need_x, need_xl, need_W, need_b, need_A, need_B, _, _ = ctx.needs_input_grad
         x_dt, xl_dt, W_dt, b_dt, A_dt, B_dt = ctx.dtypes
-        g = grad_out.reshape(-1, grad_out.shape[-1])                   # (N, out)
         dtype = (sB if sB is not None else t).dtype
         if g.dtype != dtype:
-            g = g.to(dtype)
+            g = g.to(dtype)                                          # (N, out)
         grad_x = grad_xl = grad_W = grad_b = grad_A = grad_B = None
-        dt = g @ sB if (need_A or need_x or need_xl) else None         # (N, r) = s * g @ B: one read of g
+        dt = g @ sB if (need_A or need_x or need_xl) else None       # (N, r) = s * g @ B: one read of g
         if need_B:
-            grad_B = (g.T @ t).mul_(ctx.scaling).to(B_dt)               # (out, r) = s * g.T @ t: one read of g
+            grad_B = _as(torch.mm(g.T, t).mul_(ctx.scaling), B_dt)    # (out, r) = s * g.T @ t: one read of g
         if need_A:
-            grad_A = (dt.T @ xl2).to(A_dt)                              # (r, in): one read of x
+            grad_A = _as(dt.T @ xl2, A_dt)                            # (r, in): one read of x
         if ctx.shared_input:
-            if need_x:                                                  # one buffer for both contributions:
-                gx = dt @ A                                             # the LoRA part, written once ...
-                gx.addmm_(g, W)                                         # ... the big matmul adds into it
-                grad_x = _unflat(grad_out, gx).to(x_dt)
+            if need_x:                                                # one buffer for both contributions:
+                gx = dt @ A                                           # the LoRA part, written once ...
+                gx.addmm_(g, W)                                       # ... the big matmul adds into it
+                grad_x = _as(gx, x_dt)
         else:
             if need_x:
-                grad_x = _unflat(grad_out, g @ W).to(x_dt)
+                grad_x = _as(g @ W, x_dt)
             if need_xl:
-                grad_xl = _unflat(grad_out, dt @ A).to(xl_dt)
-        if need_W:                                                      # only if the base is not frozen
-            grad_W = (g.T @ x2).to(W_dt)
+                grad_xl = _as(dt @ A, xl_dt)
+        if need_W:                                                    # only if the base is not frozen
+            grad_W = _as(g.T @ x2, W_dt)
         if need_b:
-            grad_b = g.sum(0).to(b_dt)
-        return grad_x, grad_xl, grad_W, grad_b, grad_A, grad_B, None
+            grad_b = _as(g.sum(0), b_dt)
+        return grad_x, grad_xl, grad_W, grad_b, grad_A, grad_B, None, None
 
 
-def _unflat(grad_out: Tensor, flat: Tensor) -> Tensor:
-    """``flat`` (N, k) viewed with the leading dims of ``grad_out``: (..., k)."""
-    return flat.view(*grad_out.shape[:-1], flat.shape[-1])
+def _as(t: Tensor, dtype: torch.dtype) -> Tensor:
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 def lora_linear(x: Tensor, weight: Tensor, bias: Tensor | None, lora_A: Tensor, lora_B: Tensor,
@@ -162,18 +138,46 @@ def lora_linear(x: Tensor, weight: Tensor, bias: Tensor | None, lora_A: Tensor, 
     out_f = weight.shape[0]
     if lora_A.dim() != 2 or lora_A.shape[1] != in_f:
         raise ValueError(f"lora_A has shape {tuple(lora_A.shape)}; it should be (r, {in_f})")
-    if lora_B.dim() != 2 or tuple(lora_B.shape) != (out_f, r):
+    if lora_B.dim() != 2 or lora_B.shape[0] != out_f or lora_B.shape[1] != r:
         raise ValueError(f"lora_B has shape {tuple(lora_B.shape)}; it should be ({out_f}, {r}) "
                          "= (out_features, r)")
-    if bias is not None and tuple(bias.shape) != (out_f,):
+    if bias is not None and (bias.dim() != 1 or bias.shape[0] != out_f):
         raise ValueError(f"bias has shape {tuple(bias.shape)}; it should be ({out_f},) or None")
     if lora_input is not None and lora_input.shape != x.shape:
         raise ValueError(f"lora_input has shape {tuple(lora_input.shape)}; it should match x's "
                          f"{tuple(x.shape)} (pass dropout(x), or None for x itself)")
-    if not _autocast_on(x.device.type):
-        others = {"weight": weight, "bias": bias, "lora_A": lora_A, "lora_B": lora_B, "lora_input": lora_input}
-        for name, tensor in others.items():
-            if tensor is not None and tensor.dtype != x.dtype:
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):                 # the dtype every matmul runs in
+        dtype = torch.get_autocast_dtype(device_type)
+    else:
+        dtype = x.dtype
+        for name, tensor in (("weight", weight), ("bias", bias), ("lora_A", lora_A), ("lora_B", lora_B),
+                             ("lora_input", lora_input)):
+            if tensor is not None and tensor.dtype != dtype:
                 raise TypeError(f"{name} is {tensor.dtype} but x is {x.dtype}: cast the input or the layer "
                                 "(e.g. layer.to(x.dtype)), or run under torch.autocast")
-    return _FusedLoRALinear.apply(x, lora_input, weight, bias, lora_A, lora_B, float(scaling))
+    x2 = x if x.dim() == 2 else x.reshape(-1, in_f)             # (..., in) -> (N, in)
+    xl = lora_input if lora_input is None or lora_input.dim() == 2 else lora_input.reshape(-1, in_f)
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or lora_A.requires_grad
+                                    or lora_B.requires_grad or (bias is not None and bias.requires_grad)):
+        out = _FusedLoRALinear.apply(x2, xl, weight, bias, lora_A, lora_B, float(scaling), dtype)
+    else:                                                      # inference: the same forward, no autograd
+        out = _forward(x2, xl, weight, bias, lora_A, lora_B, float(scaling), dtype)[0]
+    return out if x.dim() == 2 else out.view(*x.shape[:-1], out_f)
+
+
+def _forward(x: Tensor, x_lora: Tensor | None, weight: Tensor, bias: Tensor | None, lora_A: Tensor,
+             lora_B: Tensor, scaling: float, dtype: torch.dtype) -> tuple[Tensor, ...]:
+    """The fused forward on flat inputs: returns ``(out, x, x_lora, W, A, scaling * B, t)`` in ``dtype``."""
+    x2 = x if x.dtype == dtype else x.to(dtype)                      # (N, in)
+    xl2 = x2 if x_lora is None else x_lora.to(dtype)
+    W = weight if weight.dtype == dtype else weight.to(dtype)
+    A = lora_A if lora_A.dtype == dtype else lora_A.to(dtype)
+    sB = lora_B.to(dtype) * scaling                                  # (out, r): the scaling on the tiny matrix
+    t = xl2 @ A.T                                                    # (N, r): one read of x; saved
+    if bias is None:
+        out = t @ sB.T                                               # (N, out): written once ...
+    else:
+        out = torch.addmm(bias.to(dtype), t, sB.T)                   # ... with the bias
+    out.addmm_(x2, W.T)                                              # the big matmul adds into it (beta=1)
+    return out, x2, xl2, W, A, sB, t
