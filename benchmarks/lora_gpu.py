@@ -112,7 +112,8 @@ def time_calls(fn: Callable[[], object], n: int, device: torch.device) -> list[f
 
 
 def interleaved(fns: dict[str, Callable[[], object]], cfg: dict, device: torch.device) -> dict[str, list[float]]:
-    """Warm every function up, then time them in alternating rounds; returns all times per name."""
+    """Warm every function up, then time them call by call in turn (A, B, C, A, B, C, ...), so that
+    clock drift and the host's hiccups fall on every method alike; returns all times per name (ms)."""
     for fn in fns.values():
         for _ in range(cfg["warmup"]):
             fn()
@@ -120,8 +121,22 @@ def interleaved(fns: dict[str, Callable[[], object]], cfg: dict, device: torch.d
         torch.cuda.synchronize(device)
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(cfg["rounds"]):
-        for name, fn in fns.items():
-            times[name] += time_calls(fn, cfg["iters"], device)
+        if device.type == "cuda":
+            events = []
+            for _ in range(cfg["iters"]):
+                for name, fn in fns.items():
+                    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                    start.record()
+                    fn()
+                    end.record()
+                    events.append((name, start, end))
+            torch.cuda.synchronize(device)
+            for name, start, end in events:
+                times[name].append(start.elapsed_time(end))
+        else:
+            for _ in range(cfg["iters"]):
+                for name, fn in fns.items():
+                    times[name] += time_calls(fn, 1, device)
     return times
 
 
