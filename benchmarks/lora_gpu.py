@@ -30,6 +30,7 @@ import copy
 import datetime as _dt
 import json
 import platform
+import random
 import re
 import statistics
 import sys
@@ -112,19 +113,24 @@ def time_calls(fn: Callable[[], object], n: int, device: torch.device) -> list[f
 
 
 def interleaved(fns: dict[str, Callable[[], object]], cfg: dict, device: torch.device) -> dict[str, list[float]]:
-    """Warm every function up, then time them call by call in turn (A, B, C, A, B, C, ...), so that
-    clock drift and the host's hiccups fall on every method alike; returns all times per name (ms)."""
+    """Warm every function up, then time them call by call in turn, so that clock drift and the host's
+    hiccups fall on every method alike. The order is shuffled each time (seeded): at d = 1024 a
+    (T, d) input fits in the 60 MB L2 cache, and a method always timed right after one that read the
+    same input would find it cached. Returns all times per name (ms)."""
     for fn in fns.values():
         for _ in range(cfg["warmup"]):
             fn()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     times: dict[str, list[float]] = {name: [] for name in fns}
+    names, shuffle = list(fns), random.Random(0).shuffle
     for _ in range(cfg["rounds"]):
         if device.type == "cuda":
             events = []
             for _ in range(cfg["iters"]):
-                for name, fn in fns.items():
+                shuffle(names)
+                for name in names:
+                    fn = fns[name]
                     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
                     start.record()
                     fn()
