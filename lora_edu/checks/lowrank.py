@@ -311,7 +311,8 @@ def check_product_rank(value: Any, B: Any, A: Any) -> None:
     if as_int is not None and as_int > r:
         hint = hint or f"rank(BA) can never exceed r = {r}, the inner dimension."
     check_integer(value, expected, name, hint=hint)
-    passed(f"rank(BA) = {expected}: at most r = {r}, and less because the factors are rank deficient.")
+    why = "less, because the factors are rank deficient" if expected < r else "here exactly r"
+    passed(f"rank(BA) = {expected}: at most r = {r}, {why}.")
 
 
 def check_factor_from_svd(fn: Callable, seed: int = 0, shape: tuple[int, int] = (7, 5), k: int = 2) -> None:
