@@ -14,14 +14,14 @@ Run nbgrader from this folder (``cd course``) — see README.md, "For instructor
 import os
 import sys
 
-from nbgrader.converters import GenerateAssignment
-from nbgrader.preprocessors import ClearSolutions
+from nbgrader.converters import Autograde, GenerateAssignment
+from nbgrader.preprocessors import ClearSolutions, Execute
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
-from show_solutions import ShowSolutionCells  # noqa: E402  (kept next to this file)
+from nbgrader_plugins import ShowSolutionCells, SteadyExecute  # noqa: E402  (kept next to this file)
 
 c = get_config()  # noqa: F821  (provided by nbgrader when it loads this file)
 
@@ -36,6 +36,12 @@ _steps = list(GenerateAssignment.class_traits()["preprocessors"].default())
 _steps.insert(_steps.index(ClearSolutions) + 1, ShowSolutionCells)
 c.GenerateAssignment.preprocessors = _steps
 
-# Autograding executes whole chapters; some cells train a model for a while on a CPU, so allow
-# more than nbgrader's default of 30 s per cell.
+# Autograding executes whole chapters: nbgrader's Execute step, replaced by SteadyExecute, which
+# does not sit idle until the cell timeout when the kernel client misses a message (see
+# nbgrader_plugins.py). Some cells train a model for a while on a CPU, so allow more than
+# nbgrader's default of 30 s per cell.
+c.Autograde.autograde_preprocessors = [
+    SteadyExecute if step is Execute else step
+    for step in Autograde.class_traits()["autograde_preprocessors"].default()
+]
 c.Execute.timeout = 600

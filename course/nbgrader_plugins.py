@@ -1,19 +1,30 @@
-"""An nbgrader preprocessor for the Rank to LoRA course: unfold solution cells in student copies.
+"""nbgrader plugins for the Rank to LoRA course, used by ``nbgrader_config.py`` next to this file.
 
-The course notebooks fold every exercise's solution cell (cell metadata
-``"jupyter": {"source_hidden": true}``) so that a learner working from ``notebooks/`` can try an
-exercise before seeing the answer. In a student copy the solution has been replaced by a stub
-(``# YOUR CODE HERE`` / ``raise NotImplementedError()``), and a folded stub would hide the very
-place a student has to write in. ``nbgrader_config.py`` adds :class:`ShowSolutionCells` to
-``nbgrader generate_assignment``'s preprocessors, right after nbgrader's own ``ClearSolutions``.
+- :class:`ShowSolutionCells` (``nbgrader generate_assignment``): unfolds solution cells in student
+  copies. The course notebooks fold every exercise's solution cell (cell metadata
+  ``"jupyter": {"source_hidden": true}``) so that a learner working from ``notebooks/`` can try an
+  exercise before seeing the answer. In a student copy the solution has become a stub
+  (``# YOUR CODE HERE`` / ``raise NotImplementedError()``), and a folded stub would hide the very
+  place a student has to write in.
+- :class:`SteadyExecute` (``nbgrader autograde``): nbgrader's ``Execute`` with a kernel client that
+  does not stall. With the installed jupyter_client / pyzmq, a client waiting for a kernel message
+  sometimes misses that it has arrived and only notices when its wait times out; it happens most
+  after ipywidgets cells (jupyter/nbclient issue #312). nbgrader would then sit idle for the whole
+  cell timeout (600 s here) before going on, with no error. ``SteadyExecute`` waits in short
+  slices and looks again after each, so a missed wake-up costs at most ``poll_interval`` seconds.
 """
 from __future__ import annotations
 
+import types
+from queue import Empty
+from time import monotonic
 from typing import Any
 
+from jupyter_core.utils import run_sync
 from nbformat.notebooknode import NotebookNode
 from nbgrader import utils
-from nbgrader.preprocessors import NbGraderPreprocessor
+from nbgrader.preprocessors import Execute, NbGraderPreprocessor
+from traitlets import Float
 
 
 class ShowSolutionCells(NbGraderPreprocessor):
@@ -35,3 +46,44 @@ class ShowSolutionCells(NbGraderPreprocessor):
             if not view:
                 del cell.metadata["jupyter"]
         return cell, resources
+
+
+async def sliced_get_msg(channel: Any, timeout: float | None = None, interval: float = 0.5) -> dict:
+    """``channel.get_msg(timeout)`` for a jupyter_client async ZMQ channel, polling in slices.
+
+    Each slice of at most ``interval`` seconds asks the socket afresh whether a message is
+    waiting, so a message whose arrival the previous poll missed is picked up within
+    ``interval`` seconds. Raises ``queue.Empty`` once ``timeout`` seconds pass with no message
+    (``timeout=None``: wait for ever), as ``get_msg`` does.
+    """
+    if interval <= 0:
+        raise ValueError(f"interval must be positive, got {interval}")
+    deadline = None if timeout is None else monotonic() + timeout
+    while True:
+        step = interval if deadline is None else max(0.0, min(interval, deadline - monotonic()))
+        if await channel.socket.poll(int(step * 1000)):
+            return await channel._recv()
+        if deadline is not None and monotonic() >= deadline:
+            raise Empty
+
+
+class SteadyExecute(Execute):
+    """nbgrader's ``Execute`` whose kernel client re-polls its sockets every ``poll_interval`` s.
+
+    Configured like ``Execute`` (``c.Execute.timeout`` etc. apply); only the way the client
+    waits for the shell and IOPub messages of the kernel changes.
+    """
+
+    poll_interval = Float(0.5, help="Seconds between fresh checks for a kernel message.").tag(config=True)
+
+    async def async_start_new_kernel_client(self):
+        kc = await super().async_start_new_kernel_client()
+        interval = self.poll_interval
+        for channel in (kc.shell_channel, kc.iopub_channel):
+            async def get_msg(chan, timeout=None, _interval=interval):
+                return await sliced_get_msg(chan, timeout, _interval)
+            channel.get_msg = types.MethodType(get_msg, channel)
+        return kc
+
+    # nbclient binds the blocking wrapper to the base class's coroutine: re-bind it to ours.
+    start_new_kernel_client = run_sync(async_start_new_kernel_client)

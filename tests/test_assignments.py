@@ -17,6 +17,7 @@ twice here (plus once more for the one or two partial chapters).
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import csv
 import os
@@ -25,6 +26,7 @@ import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from queue import Empty
 
 import nbformat
 import pytest
@@ -32,13 +34,13 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "course"))
-from show_solutions import ShowSolutionCells  # noqa: E402
+from nbgrader_plugins import ShowSolutionCells, SteadyExecute, sliced_get_msg  # noqa: E402
 from tools import assignments  # noqa: E402
 from tools import nbauthor  # noqa: E402
 
 CHAPTERS = assignments.chapter_notebooks()
 CHAPTER_IDS = [assignments.assignment_id(p) for p in CHAPTERS]
-COURSE_FILES = ("nbgrader_config.py", "show_solutions.py")
+COURSE_FILES = ("nbgrader_config.py", "nbgrader_plugins.py")
 STUB = ("# YOUR CODE HERE", "raise NotImplementedError()")
 # How a test cell of an untouched student copy may fail: the stub's NotImplementedError, or a
 # check's Feedback (an AssertionError: "`rank_of_A` has no answer yet ...").
@@ -300,6 +302,64 @@ def test_course_config_runs_nbgrader_pipeline_plus_show_solutions():
     assert Path(cfg.CourseDirectory.release_directory) == ROOT / "student"
     assert cfg.CourseDirectory.course_id == "rank-to-lora"
     assert cfg.Execute.timeout >= 300
+
+
+def test_course_config_autogrades_with_steady_execute():
+    from nbgrader.converters import Autograde
+    from nbgrader.preprocessors import Execute
+
+    cfg = load_course_config()
+    steps = cfg.Autograde.autograde_preprocessors
+    default = Autograde.class_traits()["autograde_preprocessors"].default()
+    assert [SteadyExecute if s is Execute else s for s in default] == [
+        SteadyExecute if s.__name__ == "SteadyExecute" else s for s in steps]
+    executor = SteadyExecute(config=cfg)
+    assert executor.timeout == cfg.Execute.timeout and executor.allow_errors, "Execute's settings apply"
+    assert SteadyExecute.start_new_kernel_client is not Execute.start_new_kernel_client
+
+
+class FakeSocket:
+    """A socket whose poll misses a waiting message ``misses`` times, then sees it."""
+
+    def __init__(self, misses: int, message: bool = True):
+        self.misses, self.message, self.polls = misses, message, []
+
+    async def poll(self, timeout_ms):
+        self.polls.append(timeout_ms)
+        if not self.message:
+            await asyncio.sleep(timeout_ms / 1000)
+            return 0
+        if self.misses:
+            self.misses -= 1
+            return 0
+        return 1
+
+
+class FakeChannel:
+    def __init__(self, socket):
+        self.socket = socket
+
+    async def _recv(self):
+        return {"msg_type": "execute_reply"}
+
+
+def test_sliced_get_msg_finds_a_message_a_poll_missed():
+    socket = FakeSocket(misses=2)
+    msg = asyncio.run(sliced_get_msg(FakeChannel(socket), timeout=600, interval=0.5))
+    assert msg == {"msg_type": "execute_reply"}
+    assert socket.polls == [500, 500, 500], "three short polls, not one of 600 s"
+    socket = FakeSocket(misses=1)
+    assert asyncio.run(sliced_get_msg(FakeChannel(socket), timeout=None, interval=0.25))
+    assert socket.polls == [250, 250]
+
+
+def test_sliced_get_msg_still_times_out():
+    socket = FakeSocket(misses=0, message=False)
+    with pytest.raises(Empty):
+        asyncio.run(sliced_get_msg(FakeChannel(socket), timeout=0.05, interval=0.02))
+    assert len(socket.polls) >= 2 and max(socket.polls) <= 20
+    with pytest.raises(ValueError, match="interval"):
+        asyncio.run(sliced_get_msg(FakeChannel(socket), timeout=1, interval=0))
 
 
 def test_prepare_source_copies_every_chapter_and_drops_stale_ones(tmp_path):
