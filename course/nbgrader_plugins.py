@@ -80,6 +80,8 @@ class SteadyExecute(Execute):
         kc = await super().async_start_new_kernel_client()
         interval = self.poll_interval
         for channel in (kc.shell_channel, kc.iopub_channel):
+            if not (hasattr(channel, "socket") and hasattr(channel, "_recv")):
+                continue  # not jupyter_client's async ZMQ channel: leave it as it is
             async def get_msg(chan, timeout=None, _interval=interval):
                 return await sliced_get_msg(chan, timeout, _interval)
             channel.get_msg = types.MethodType(get_msg, channel)
