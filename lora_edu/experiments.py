@@ -357,7 +357,7 @@ class FinetuneResult:
     total_params: int
     adapter_bytes: int            # safetensors bytes of what must be stored: the adapter, or the whole model
     wall_time_s: float            # training only
-    peak_memory_bytes: int | None  # CUDA peak allocated during training; None on CPU
+    peak_memory_bytes: int | None  # CUDA: peak allocated by this run (model copy, grads, optimizer, activations)
     device: str
     loss_history: list[float] = field(repr=False)
     model: nn.Module = field(repr=False)
@@ -401,7 +401,8 @@ def finetune(method: str = "lora", *, r: int | None = None, alpha: float | None 
     Returns:
         A :class:`FinetuneResult`: score (exact match, %), token accuracy, the pretraining-task score after
         fine-tuning, trainable/total parameters, adapter (or full checkpoint) bytes on disk, training wall
-        time, CUDA peak memory (None on CPU), the loss of every step and the fine-tuned model.
+        time, CUDA peak memory of the run (the model copy, gradients, optimizer state and activations,
+        above what was allocated before; None on CPU), the loss of every step and the fine-tuned model.
 
     Raises:
         ValueError: unknown method, r <= 0 or larger than a target layer allows, LoRA options given for full
@@ -437,6 +438,10 @@ def finetune(method: str = "lora", *, r: int | None = None, alpha: float | None 
     device = torch.device(device) if device is not None else pick_device()
 
     base = base if base is not None else load_pretrained()
+    if device.type == "cuda":                     # count what this run allocates, not what was there before
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        already = torch.cuda.memory_allocated(device)
     model = copy.deepcopy(base).to(device)
     torch.manual_seed(seed)                       # LoRA's A init
     if method == "lora":
@@ -446,9 +451,6 @@ def finetune(method: str = "lora", *, r: int | None = None, alpha: float | None 
             p.requires_grad_(True)
     trainable, total = count_parameters(model)
 
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     label = "full fine-tuning" if method == "full" else f"LoRA r={r}{' rsLoRA' if rank_stabilized else ''}"
     history = train(model, task, steps, lr, batch_size=batch_size, seed=seed, spec=spec, progress=progress,
@@ -456,7 +458,7 @@ def finetune(method: str = "lora", *, r: int | None = None, alpha: float | None 
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     wall = time.perf_counter() - start
-    peak = int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None
+    peak = int(torch.cuda.max_memory_allocated(device) - already) if device.type == "cuda" else None
 
     stored = lora_state_dict(model) if method == "lora" else model.state_dict()
     down = evaluate(model, task, n=eval_size, spec=spec)
@@ -672,6 +674,11 @@ def gpu_sweep(out: str | Path, *, smoke: bool = False, budget_s: float = 330.0, 
     for part, plan in plans.items():
         entry: dict[str, Any] = {"runs": []}
         record["parts"][part] = entry
+        if plan["pretrain"] is not None and time.perf_counter() - t0 > 0.8 * budget_s:
+            record["skipped"].append(f"{part}: the whole part (too little of the time budget left to pretrain)")
+            log(f"{part}: skipped, {time.perf_counter() - t0:.0f} s of the {budget_s:.0f} s budget used")
+            save()
+            continue
         try:
             if plan["pretrain"] is None:
                 base = load_pretrained(device=dev)

@@ -286,3 +286,17 @@ def test_gpu_sweep_time_budget_skips_runs_but_writes(tmp_path):
     E.gpu_sweep(out, smoke=True, device="cpu", budget_s=0.0)
     saved = json.loads(out.read_text())
     assert saved["finished"] and saved["skipped"] and not saved["parts"]["tiny"]["runs"]
+    assert "pretraining" not in saved["parts"]["wide"] and any(s.startswith("wide:") for s in saved["skipped"])
+
+
+@pytest.mark.gpu
+def test_finetune_on_cuda_measures_peak_memory(base):
+    full = finetune("full", steps=20, base=base, device="cuda", eval_size=200, progress=False)
+    lora = finetune("lora", r=8, steps=20, base=base, device="cuda", eval_size=200, progress=False)
+    for res in (full, lora):
+        assert res.device.startswith("cuda") and res.peak_memory_bytes > 0
+        assert next(res.model.parameters()).is_cuda
+    # full fine-tuning holds gradients and two AdamW moments for every weight; LoRA only for A and B
+    assert full.peak_memory_bytes > lora.peak_memory_bytes
+    assert full.peak_memory_bytes >= 4 * 4 * full.trainable_params      # weights, grads, 2 moments (float32)
+    assert set(full.metrics()) == FIELDS
