@@ -630,9 +630,10 @@ def gpu_sweep(out: str | Path, *, smoke: bool = False, budget_s: float = 330.0, 
 
     Part ``tiny``: the shipped model, the notebook's runs with 4x the steps, twice the batch, 5000 held-out
     examples, ranks 1-64 and three seeds. Part ``wide``: a 4-layer, d_model-256 model pretrained here
-    (deterministic per GPU), then the same sweep with one seed. Each run is guarded: a failure is recorded
-    in ``errors`` and the sweep goes on; runs that would start after ``budget_s`` seconds are skipped (and
-    listed). ``smoke=True`` shrinks everything to seconds (for CI on a CPU).
+    (deterministic per GPU), then the same sweep with one seed. Order: tiny seed 0, wide, then the other
+    tiny seeds. Each run is guarded: a failure is recorded in ``errors`` and the sweep goes on; runs that
+    would start after ``budget_s`` seconds are skipped (and listed), and the wide part is skipped when 80 %
+    of the budget is gone before its pretraining. ``smoke=True`` shrinks everything to seconds (for CI on a CPU).
     """
     from lora_edu.env import pick_device
 
@@ -665,20 +666,20 @@ def gpu_sweep(out: str | Path, *, smoke: bool = False, budget_s: float = 330.0, 
                      pretrain=dict(steps=3000, batch_size=256, lr=1e-3, cfg=wide_config().to_dict())),
     }
     if smoke:
-        plans["tiny"].update(steps=5, batch_size=16, eval_size=50, seeds=(0,))
+        plans["tiny"].update(steps=5, batch_size=16, eval_size=50)
         plans["wide"].update(steps=5, batch_size=16, eval_size=50,
                              pretrain=dict(steps=5, batch_size=16, lr=1e-3,
                                            cfg=tiny_config(d_model=128, d_mlp=256).to_dict()))
     log(f"device {dev} ({gpu or 'no GPU'}); writing {out}")
     save()
-    for part, plan in plans.items():
-        entry: dict[str, Any] = {"runs": []}
-        record["parts"][part] = entry
+
+    def build(part: str, plan: dict[str, Any]) -> nn.Module | None:
+        """The part's base model (loaded or pretrained here), with its scores before fine-tuning."""
+        entry = record["parts"].setdefault(part, {"runs": []})
         if plan["pretrain"] is not None and time.perf_counter() - t0 > 0.8 * budget_s:
             record["skipped"].append(f"{part}: the whole part (too little of the time budget left to pretrain)")
             log(f"{part}: skipped, {time.perf_counter() - t0:.0f} s of the {budget_s:.0f} s budget used")
-            save()
-            continue
+            return None
         try:
             if plan["pretrain"] is None:
                 base = load_pretrained(device=dev)
@@ -697,27 +698,44 @@ def gpu_sweep(out: str | Path, *, smoke: bool = False, budget_s: float = 330.0, 
             entry["pretrain_task_score"] = evaluate(base, PRETRAIN_TASKS, n=plan["eval_size"])["exact_match"]
             entry["downstream_score_before"] = evaluate(base, DOWNSTREAM_TASK, n=plan["eval_size"])["exact_match"]
             entry["settings"] = {k: plan[k] for k in ("steps", "batch_size", "eval_size", "seeds")}
-            log(f"{part}: pretrained model scores {entry['pretrain_task_score']:.1f}% on its tasks, "
+            log(f"{part}: the base model scores {entry['pretrain_task_score']:.1f}% on its tasks, "
                 f"{entry['downstream_score_before']:.1f}% on {DOWNSTREAM_TASK} before fine-tuning")
+            return base
         except Exception as exc:  # noqa: BLE001 — record and go on with the next part
             record["errors"].append({"part": part, "stage": "base model", "error": repr(exc),
                                      "traceback": traceback.format_exc(limit=5)})
             log(f"{part}: FAILED to build the base model: {exc!r}")
-            save()
+            return None
+
+    # seed 0 of both parts first, the other seeds of the tiny part last: a slow GPU still gets both parts
+    first_seed = plans["tiny"]["seeds"][:1]
+    stages = [("tiny", first_seed), ("wide", plans["wide"]["seeds"]), ("tiny", plans["tiny"]["seeds"][1:])]
+    bases: dict[str, nn.Module | None] = {}
+    for part, stage_seeds in stages:
+        if not stage_seeds:
             continue
-        save()
+        plan = plans[part]
+        if part not in bases:
+            bases[part] = build(part, plan)
+            save()
+        base = bases[part]
+        if base is None:
+            continue
+        entry = record["parts"][part]
         keep: dict[tuple, FinetuneResult] = {}
-        for seed in plan["seeds"]:
+        for seed in stage_seeds:
             for run in _sweep_configs(ranks, smoke):
                 name = f"{part} seed {seed} " + " ".join(f"{k}={v}" for k, v in run.items())
                 if time.perf_counter() - t0 > budget_s:
                     record["skipped"].append(name)
                     continue
+                started = round(time.perf_counter() - t0, 2)
                 try:
                     res = finetune(**run, steps=plan["steps"], batch_size=plan["batch_size"], seed=seed,
                                    base=base, device=dev, eval_size=plan["eval_size"], progress=False)
                     m = res.metrics()
                     m["loss_history"] = [round(v, 5) for v in res.loss_history[::10]]
+                    m["started_s"] = started
                     entry["runs"].append(m)
                     if seed == plan["seeds"][0] and run.get("target_modules") is None \
                             and not run.get("rank_stabilized"):
@@ -729,14 +747,15 @@ def gpu_sweep(out: str | Path, *, smoke: bool = False, budget_s: float = 330.0, 
                                              "traceback": traceback.format_exc(limit=5)})
                     log(f"{name}: FAILED {exc!r}")
                 save()
-        try:
-            entry["analysis"] = _analysis(base, keep.get(("full", None)), keep.get(("lora", 8)),
-                                          keep.get(("lora", 64)), TASKS)
-        except Exception as exc:  # noqa: BLE001
-            record["errors"].append({"part": part, "stage": "analysis", "error": repr(exc),
-                                     "traceback": traceback.format_exc(limit=5)})
-        save()
-        del keep, base
+        if keep:  # the spectrum and φ analysis, from the first seed's runs
+            try:
+                entry["analysis"] = _analysis(base, keep.get(("full", None)), keep.get(("lora", 8)),
+                                              keep.get(("lora", 64)), TASKS)
+            except Exception as exc:  # noqa: BLE001
+                record["errors"].append({"part": part, "stage": "analysis", "error": repr(exc),
+                                         "traceback": traceback.format_exc(limit=5)})
+            save()
+        del keep
         if dev.type == "cuda":
             torch.cuda.empty_cache()
     record["finished"] = True

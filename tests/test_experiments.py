@@ -255,7 +255,10 @@ def test_gpu_sweep_smoke_writes_json(tmp_path):
     assert saved["finished"] and not saved["errors"] and saved["gpu"] is None
     assert {"torch", "peft", "numpy"} <= set(saved["versions"])
     tiny = saved["parts"]["tiny"]
-    assert {r["method"] for r in tiny["runs"]} == {"full", "lora"} and len(tiny["runs"]) == 4
+    assert {r["method"] for r in tiny["runs"]} == {"full", "lora"} and len(tiny["runs"]) == 3 * 4   # 3 seeds
+    assert [r["seed"] for r in tiny["runs"]] == [0] * 4 + [1] * 4 + [2] * 4
+    wide_start = min(r["started_s"] for r in saved["parts"]["wide"]["runs"])
+    assert max(r["started_s"] for r in tiny["runs"][:4]) < wide_start < min(r["started_s"] for r in tiny["runs"][4:])
     assert all(FIELDS <= set(r) for r in tiny["runs"])
     assert tiny["pretrain_task_score"] >= 95 and tiny["downstream_score_before"] <= 10
     assert set(tiny["analysis"]) == {"full_ft_spectra", "truncated_full_update_score", "phi_r8_r64"}
@@ -276,9 +279,9 @@ def test_gpu_sweep_records_failures_and_keeps_going(tmp_path, monkeypatch):
     E.gpu_sweep(out, smoke=True, device="cpu")
     saved = json.loads(out.read_text())
     assert saved["finished"]
-    assert sum("simulated" in e["error"] for e in saved["errors"]) == 2          # one per part, recorded
+    assert sum("simulated" in e["error"] for e in saved["errors"]) == 4          # one per part and seed
     assert all(r["method"] == "lora" for p in saved["parts"].values() for r in p["runs"])
-    assert len(saved["parts"]["tiny"]["runs"]) == 3
+    assert len(saved["parts"]["tiny"]["runs"]) == 3 * 3
 
 
 def test_gpu_sweep_time_budget_skips_runs_but_writes(tmp_path):
