@@ -535,8 +535,14 @@ def phi_grid(A_small: torch.Tensor, A_large: torch.Tensor) -> np.ndarray:
         raise ValueError(f"A_small {tuple(A_small.shape)} and A_large {tuple(A_large.shape)} must read the same "
                          "input size (same number of columns): are they lora_A of the same layer?")
     U1, U2 = _right_singular_vectors(A_small), _right_singular_vectors(A_large)
-    return np.array([[subspace_similarity(U1, U2, i, j) for j in range(1, U2.shape[1] + 1)]
-                     for i in range(1, U1.shape[1] + 1)])
+    # ||U1[:, :i]ᵀ U2[:, :j]||_F² for every (i, j) at once: a 2-D running sum of the squared overlaps
+    overlap = np.cumsum(np.cumsum((U1.T @ U2) ** 2, axis=0), axis=1)
+    sizes = np.minimum.outer(np.arange(1, U1.shape[1] + 1), np.arange(1, U2.shape[1] + 1))
+    grid = np.clip(overlap / sizes, 0.0, 1.0)
+    corner = subspace_similarity(U1, U2, U1.shape[1], U2.shape[1])   # lora_edu.lowrank's φ, as a cross-check
+    if not math.isclose(grid[-1, -1], corner, rel_tol=1e-9, abs_tol=1e-12):
+        raise RuntimeError(f"phi_grid disagrees with subspace_similarity ({grid[-1, -1]} vs {corner}).")
+    return grid
 
 
 @torch.no_grad()
