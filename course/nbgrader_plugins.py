@@ -67,6 +67,21 @@ async def sliced_get_msg(channel: Any, timeout: float | None = None, interval: f
             raise Empty
 
 
+def steady_channels(kc: Any, interval: float = 0.5) -> Any:
+    """Make the shell and IOPub channels of kernel client ``kc`` wait with :func:`sliced_get_msg`.
+
+    Used by :class:`SteadyExecute` and by ``tools/run_notebooks.py`` (``make notebooks``). Channels
+    that are not jupyter_client's async ZMQ ones are left as they are. Returns ``kc``.
+    """
+    for channel in (kc.shell_channel, kc.iopub_channel):
+        if not (hasattr(channel, "socket") and hasattr(channel, "_recv")):
+            continue
+        async def get_msg(chan, timeout=None, _interval=interval):
+            return await sliced_get_msg(chan, timeout, _interval)
+        channel.get_msg = types.MethodType(get_msg, channel)
+    return kc
+
+
 class SteadyExecute(Execute):
     """nbgrader's ``Execute`` whose kernel client re-polls its sockets every ``poll_interval`` s.
 
@@ -77,15 +92,7 @@ class SteadyExecute(Execute):
     poll_interval = Float(0.5, help="Seconds between fresh checks for a kernel message.").tag(config=True)
 
     async def async_start_new_kernel_client(self):
-        kc = await super().async_start_new_kernel_client()
-        interval = self.poll_interval
-        for channel in (kc.shell_channel, kc.iopub_channel):
-            if not (hasattr(channel, "socket") and hasattr(channel, "_recv")):
-                continue  # not jupyter_client's async ZMQ channel: leave it as it is
-            async def get_msg(chan, timeout=None, _interval=interval):
-                return await sliced_get_msg(chan, timeout, _interval)
-            channel.get_msg = types.MethodType(get_msg, channel)
-        return kc
+        return steady_channels(await super().async_start_new_kernel_client(), self.poll_interval)
 
     # nbclient binds the blocking wrapper to the base class's coroutine: re-bind it to ours.
     start_new_kernel_client = run_sync(async_start_new_kernel_client)

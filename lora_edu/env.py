@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import platform
 import random
+import warnings
 from importlib import metadata
 
 import numpy as np
@@ -130,6 +131,9 @@ def setup_notebook(seed: int = 0) -> np.random.Generator:
         torch = None
     if torch is not None:
         torch.set_printoptions(precision=4, sci_mode=False, linewidth=100)
+    # PyTorch warns once when the autograd thread first calls cuBLAS on a GPU; it sets the context
+    # itself, so the warning is noise in a notebook (seen with torch 2.11 on an H200).
+    warnings.filterwarnings("ignore", message="Attempting to run cuBLAS, but there was no current CUDA context")
     import matplotlib as mpl
 
     mpl.rcParams.update({

@@ -250,10 +250,14 @@ def _screenshot(page, name: str) -> Path:
     geometry = page.evaluate("p => window.__course.contentHeight(p)", name)
     # the window's height minus the scrolling area's is the chrome around it (menus, toolbar, status bar)
     chrome = VIEWPORT["height"] - geometry["visible"]
-    height = min(chrome + geometry["height"] + 2, MAX_SCREENSHOT_HEIGHT)
-    page.set_viewport_size({"width": VIEWPORT["width"], "height": max(height, VIEWPORT["height"])})
-    page.wait_for_timeout(500)  # let JupyterLab lay out the taller window
-    page.evaluate("p => window.__course.contentHeight(p)", name)  # back to the top after the re-layout
+    height = VIEWPORT["height"]
+    for _ in range(4):  # a taller window can re-flow the notebook (it may grow a little): measure again
+        if geometry["height"] <= geometry["visible"] or height >= MAX_SCREENSHOT_HEIGHT:
+            break
+        height = min(chrome + geometry["height"] + 2, MAX_SCREENSHOT_HEIGHT)
+        page.set_viewport_size({"width": VIEWPORT["width"], "height": height})
+        page.wait_for_timeout(500)  # let JupyterLab lay out the taller window
+        geometry = page.evaluate("p => window.__course.contentHeight(p)", name)  # also back to the top
     path = ARTIFACTS / f"{Path(name).stem}.png"
     page.screenshot(path=str(path))
     page.set_viewport_size(VIEWPORT)

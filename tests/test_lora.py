@@ -599,10 +599,37 @@ def test_gpu_core_properties(dtype, init):
         ref = reference_forward(x, W0, layer.base.bias, layer.lora_A, layer.lora_B, layer.scaling)
         torch.testing.assert_close(unmerged.double(), ref, rtol=tol, atol=tol * 10)
         layer.merge()
+        W_merged = layer.base.weight.detach().float().clone()
         torch.testing.assert_close(layer(x), unmerged, rtol=tol * 10, atol=tol * 10)
         layer.unmerge()
-    rel = ((layer.base.weight.float() - W0.float()).norm() / W0.float().norm()).item()
-    assert rel < (1e-6 if dtype == torch.float32 else 1e-2)
+    err = (layer.base.weight.float() - W0.float()).norm().item()
+    assert err <= roundtrip_bound(W0, W_merged)
+    if dtype == torch.float32:
+        assert err / W0.float().norm().item() < 1e-6
+
+
+def roundtrip_bound(W0: torch.Tensor, W_merged: torch.Tensor) -> float:
+    """Merge then unmerge rounds twice, each time to the weight's dtype (unit roundoff u):
+    W1 = (W0 + ΔW)(1 + δ1), W2 = (W1 - ΔW)(1 + δ2), so |W2 - W0| <= u (|W0 + ΔW| + |W0|) entrywise,
+    to first order in u. The bound in the Frobenius norm, with 10 % slack for the second-order terms."""
+    u = torch.finfo(W0.dtype).eps / 2
+    return 1.1 * u * (W_merged.norm().item() + W0.float().norm().item())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_merge_unmerge_round_trip_within_rounding_bound(dtype):
+    """The same bound on the CPU, with a ΔW larger than W0 (as after a long fine-tuning)."""
+    base = make_base(64, 48, dtype=dtype)
+    layer = LoRALinear(copy.deepcopy(base), r=8, alpha=16, init="gaussian")
+    randomize(layer)
+    W0 = layer.base.weight.detach().clone()
+    with torch.no_grad():
+        layer.merge()
+        W_merged = layer.base.weight.detach().float().clone()
+        layer.unmerge()
+    err = (layer.base.weight.float() - W0.float()).norm().item()
+    assert 0 < W_merged.norm().item()
+    assert err <= roundtrip_bound(W0, W_merged)
 
 
 @pytest.mark.gpu
