@@ -80,7 +80,7 @@ lock:
 	$(PYTHON) tools/update_constraints.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info student course/source course/gradebook.db \
+	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info student course/source \
 	       tests/artifacts
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 	find . -name .ipynb_checkpoints -type d -prune -exec rm -rf {} +
