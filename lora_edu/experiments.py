@@ -250,7 +250,7 @@ def train(model: nn.Module, tasks: str | Iterable[str], steps: int, lr: float, b
     gen = torch.Generator().manual_seed(seed)
     model.train()
     history: list[float] = []
-    bar = tqdm(range(steps), desc=desc, leave=False, disable=not progress, mininterval=0.5)
+    bar = tqdm(range(steps), desc=desc, leave=True, disable=not progress, mininterval=0.5)
     for _ in bar:
         seq = make_batch(tasks, batch_size, generator=gen, spec=spec).to(device)
         loss, _, _ = loss_and_accuracy(model, seq, spec)

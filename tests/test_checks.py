@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import lora_edu.checks as checks
 from lora_edu.checks import Feedback, check_choice, check_integer, check_matrix, check_shape, require_answer
 from lora_edu.checks.welcome import check_batch_forward
 
@@ -89,3 +90,31 @@ def test_batch_forward_check_passes_the_right_answer(capsys):
     check_batch_forward(right)
     check_batch_forward(right, seed=2, sizes=(1, 2, 8, 1))
     assert capsys.readouterr().out.count("Correct") == 2
+
+
+def test_passed_wraps_long_lines_without_breaking_words(capsys):
+    words = [f"word{i}" for i in range(60)]
+    checks.passed(" ".join(words))
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert len(lines) > 1 and all(len(line) <= checks.WIDTH for line in lines)
+    assert out.split() == ["✅", "Correct:", *words]  # every word whole, in order
+    assert all(line.startswith("   ") for line in lines[1:])
+
+
+def test_passed_prints_a_repeat_once_per_notebook_cell(monkeypatch, capsys):
+    cell = {"n": 1}
+    monkeypatch.setattr(checks, "_cell_id", lambda: cell["n"])
+    checks.passed("the same")
+    checks.passed("the same")        # a hidden test repeating the visible one: left out
+    checks.passed("something else")
+    cell["n"] = 2
+    checks.passed("something else")  # the next cell prints it again
+    assert capsys.readouterr().out.count("✅ Correct") == 3
+
+
+def test_passed_repeats_outside_ipython(monkeypatch, capsys):
+    monkeypatch.setattr(checks, "_cell_id", lambda: None)
+    checks.passed("again")
+    checks.passed("again")
+    assert capsys.readouterr().out.count("✅ Correct") == 2

@@ -12,6 +12,7 @@ submodule (``lora_edu.checks.welcome``, ...), all built from these helpers.
 from __future__ import annotations
 
 import math
+import textwrap
 from typing import Any
 
 import numpy as np
@@ -21,9 +22,34 @@ class Feedback(AssertionError):
     """A failed exercise check, with a message meant for the learner."""
 
 
+WIDTH = 110  # characters per printed line: JupyterLab breaks longer output lines mid-word
+_last_printed: tuple[object, str] | None = None
+
+
+def _cell_id() -> object:
+    """Which notebook cell is running (IPython's execution count); None outside IPython."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return None
+    shell = get_ipython()
+    return None if shell is None else shell.execution_count
+
+
 def passed(message: str) -> None:
-    """Print the success line every check ends with."""
-    print(f"✅ Correct: {message}")
+    """Print the success line every check ends with, wrapped at ``WIDTH`` characters.
+
+    A test cell that checks a second time (an instructor's hidden test) and gets the very same line
+    prints it once: inside one notebook cell, a repeat of the previous line is left out.
+    """
+    global _last_printed
+    text = textwrap.fill(f"✅ Correct: {message}", width=WIDTH, subsequent_indent="   ",
+                         break_long_words=False, break_on_hyphens=False)
+    cell = _cell_id()
+    if cell is not None and _last_printed == (cell, text):
+        return
+    _last_printed = (cell, text)
+    print(text)
 
 
 def require_answer(value: Any, name: str) -> None:

@@ -170,4 +170,4 @@ def check_gpt3_lora_params(value: Any, n_layers: int = 96, d_model: int = 12288,
     check_integer(value, expected, "gpt3_lora_params",
                   hint="Per matrix: A is r × d, B is d × r; two matrices per layer; all layers.")
     paper = ", the paper's 'roughly 10,000×'" if (r, n_matrices, n_layers, d_model) == (4, 2, 96, 12288) else ""
-    passed(f"{expected:,} trainable parameters: 175 billion / {expected:,} ≈ {175e9 / expected:,.0f}×{paper}.")
+    passed(f"{expected:,} trainable parameters: GPT-3's nominal 175 billion / {expected:,} ≈ {175e9 / expected:,.0f}×{paper}.")
