@@ -76,3 +76,16 @@ def test_exercises_follow_the_nbgrader_markup(path):
             previous_solution = False
     assert graded >= 1, "every notebook has at least one autograded exercise"
     assert len(ids) == len(set(ids)), "grade_ids must be unique within a notebook"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_markdown_never_spells_an_nbgrader_delimiter(path):
+    """nbgrader looks for its delimiters in every cell, prose included: a markdown cell that quotes one
+    breaks `nbgrader generate_assignment` ("No end hidden tests statement found")."""
+    delimiters = ("BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN TESTS", "END HIDDEN TESTS")
+    nb = json.loads(path.read_text())
+    for index, cell in enumerate(nb["cells"]):
+        if cell["cell_type"] == "markdown":
+            text = "".join(cell["source"])
+            found = [d for d in delimiters if d in text]
+            assert not found, f"{path.name} cell {index}: markdown quotes {found}; write around the words"
