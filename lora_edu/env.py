@@ -65,10 +65,10 @@ def _mps_available(torch) -> bool:
     return bool(backend is not None and backend.is_available())
 
 
-def versions() -> dict[str, str]:
-    """Versions of Python and of the libraries the course leans on, as strings."""
+def versions(packages: tuple[str, ...] = ("torch", "numpy", "sympy", "matplotlib")) -> dict[str, str]:
+    """Versions of Python and of ``packages`` (the libraries the course leans on), as strings."""
     out = {"python": platform.python_version()}
-    for name in ("torch", "numpy", "sympy", "matplotlib"):
+    for name in packages:
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

@@ -578,17 +578,9 @@ def truncate_updates(base: nn.Module, tuned: nn.Module, k: int, modules: Iterabl
 
 
 def _versions() -> dict[str, str]:
-    from importlib import metadata
-    import platform
+    from lora_edu.env import versions
 
-    out = {"python": platform.python_version()}
-    for name in ("torch", "peft", "numpy", "safetensors"):
-        try:
-            out[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            out[name] = "not installed"
-    out["cuda"] = torch.version.cuda or "none"
-    return out
+    return {**versions(("torch", "peft", "numpy", "safetensors")), "cuda": torch.version.cuda or "none"}
 
 
 def _sweep_configs(ranks: Sequence[int], smoke: bool = False) -> list[dict[str, Any]]:

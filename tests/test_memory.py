@@ -110,6 +110,17 @@ def build(method, device="cpu"):
     return cfg, model
 
 
+def training_step(model, ids, opt):
+    """One bf16-autocast language-model step of ``model`` on ``ids`` (on their device), as a closure."""
+    def step():
+        with torch.autocast(ids.device.type, dtype=torch.bfloat16):
+            loss = lm_loss(model(ids), ids)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return step
+
+
 @pytest.mark.parametrize("method", ["full", "reference", "fused"])
 def test_activation_model_counts_what_autograd_saves(method):
     cfg, model = build(method)
@@ -137,12 +148,7 @@ def test_predicted_peak_matches_the_tracker_on_cpu(method):
     ids = torch.randint(0, cfg.vocab_size, (4, 64))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
-    def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = lm_loss(model(ids), ids)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+    step = training_step(model, ids, opt)
 
     step()                                   # creates AdamW's state
     existing = list(model.parameters()) + [t for s in opt.state.values() for t in s.values() if torch.is_tensor(t)]
@@ -176,12 +182,7 @@ def test_predicted_peak_matches_cuda_within_10_percent(method):
     ids = torch.randint(0, cfg.vocab_size, (4, 1024), device="cuda")
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
 
-    def step():
-        with torch.autocast("cuda", dtype=torch.bfloat16):
-            loss = lm_loss(model(ids), ids)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+    step = training_step(model, ids, opt)
 
     step()
     peak = measure_peak(step, device="cuda")
