@@ -14,8 +14,80 @@ def test_feedback_is_an_assertion_error():
 
 
 def test_missing_answer_is_named():
-    with pytest.raises(Feedback, match="`rank_A` has no answer yet"):
+    with pytest.raises(checks.NotAnswered, match=r"`rank_A` has no answer yet \(it is still None\)"):
         require_answer(None, "rank_A")
+    with pytest.raises(checks.NotAnswered, match=r"it is still \.\.\."):
+        require_answer(..., "rank_A")
+    assert issubclass(checks.NotAnswered, Feedback)  # nbgrader scores an unanswered exercise 0
+
+
+@pytest.fixture
+def workbook_mode():
+    checks.set_mode("workbook")
+    yield
+    checks.set_mode("grade")
+
+
+def _unanswered(X, W0, A, B, alpha, r):
+    raise NotImplementedError()
+
+
+def _wrong(X, W0, A, B, alpha, r):
+    return X @ W0.T
+
+
+def _right(X, W0, A, B, alpha, r):
+    return X @ W0.T + (alpha / r) * (X @ A.T @ B.T)
+
+
+def test_grade_mode_raises_for_unanswered_and_wrong_answers():
+    assert checks.get_mode() == "grade"
+    for unanswered in (None, ..., _unanswered, lambda *args: None):
+        with pytest.raises(checks.NotAnswered):
+            check_batch_forward(unanswered)
+    with pytest.raises(Feedback, match="update is missing") as info:
+        check_batch_forward(_wrong)
+    assert not isinstance(info.value, checks.NotAnswered)
+
+
+def test_workbook_mode_prints_one_line_and_never_raises(workbook_mode, capsys):
+    for unanswered in (None, _unanswered):
+        assert check_batch_forward(unanswered) is None
+        out = capsys.readouterr().out
+        assert out.startswith("⏳ Not answered yet.") and "✅" not in out and "❌" not in out
+    check_batch_forward(_wrong)
+    out = capsys.readouterr().out
+    assert out.startswith("❌ ") and "update is missing" in out
+    check_batch_forward(_right)
+    assert capsys.readouterr().out.startswith("✅ Correct")
+
+
+def test_workbook_mode_only_the_outermost_check_prints(workbook_mode, capsys):
+    @checks.exercise
+    def outer(value):
+        check_integer(value, 3, "value")  # a plain helper raises inside the wrapped check
+        checks.passed("three")
+
+    outer(4)
+    assert capsys.readouterr().out.count("❌") == 1
+
+
+def test_set_mode_rejects_unknown_modes():
+    with pytest.raises(ValueError, match="mode must be one of"):
+        checks.set_mode("strict")
+    assert checks.get_mode() == "grade"
+
+
+def test_setup_notebook_chooses_the_mode_explicitly():
+    from lora_edu import setup_notebook
+
+    try:
+        setup_notebook(seed=0, workbook=True)
+        assert checks.get_mode() == "workbook"
+        setup_notebook(seed=0)
+        assert checks.get_mode() == "grade"
+    finally:
+        checks.set_mode("grade")
 
 
 def test_check_shape_recognises_a_transpose():

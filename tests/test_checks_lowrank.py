@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from lora_edu.checks import Feedback
+from lora_edu.checks import Feedback, NotAnswered
 from lora_edu.checks.lowrank import (
     check_factor_from_svd, check_frobenius_tail, check_k_for_energy, check_lora_param_count, check_numeric_rank,
     check_optimal_loss, check_product_rank, check_r_meaning, check_range_finder, check_smallest_r, check_storage,
@@ -18,9 +18,10 @@ def student_copy(*args):  # what an nbgrader student copy's function body does
 
 
 def test_student_copies_fail_with_not_implemented():
+    """nbgrader's student copy (body `raise NotImplementedError()`) fails the check: not answered, 0 points."""
     for check in (check_svd_reconstruction, check_numeric_rank, check_frobenius_tail, check_k_for_energy,
                   check_range_finder, check_factor_from_svd):
-        with pytest.raises(NotImplementedError):
+        with pytest.raises(NotAnswered, match="NotImplementedError"):
             check(student_copy)
 
 

@@ -4,22 +4,95 @@ An exercise's test cell calls a check function. A check either prints a short
 ``Correct`` line or raises :class:`Feedback` (an ``AssertionError``, so nbgrader and
 pytest count it as a failed test) with a message that says *what* is wrong and what to
 try — a wrong shape, an answer off by a transpose, a forgotten scaling — rather than a
-bare "assertion failed".
+bare "assertion failed". An exercise that has no answer yet (``None``, ``...``, or a
+function that still raises ``NotImplementedError``) raises :class:`NotAnswered`, a kind
+of :class:`Feedback`.
+
+Two modes, chosen explicitly (see :func:`set_mode`):
+
+- ``"grade"`` (the default; the instructor's notebooks, nbgrader, pytest): a check that
+  fails *raises*, so an unanswered or wrong exercise scores 0 and stops a Run All.
+- ``"workbook"`` (a learner's copy in ``workbook/``, whose first cell calls
+  ``setup_notebook(..., workbook=True)``): a check never raises; it prints one line,
+  ``✅`` right, ``❌`` wrong (with the same feedback) or ``⏳`` not answered yet, so
+  *Run All* always reaches the end of the chapter.
+
+Every public ``check_*`` function is wrapped with :func:`exercise`, which does this.
 
 This module holds the generic checks; each chapter's specific checks live in a
 submodule (``lora_edu.checks.welcome``, ...), all built from these helpers.
 """
 from __future__ import annotations
 
+import functools
 import math
 import textwrap
-from typing import Any
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 
 
 class Feedback(AssertionError):
     """A failed exercise check, with a message meant for the learner."""
+
+
+class NotAnswered(Feedback):
+    """The exercise has no answer yet (still ``None``, ``...`` or ``raise NotImplementedError()``)."""
+
+
+MODES = ("grade", "workbook")
+_mode = "grade"
+_depth = 0  # how many wrapped checks are running (a check may call another one)
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def set_mode(mode: str) -> None:
+    """Choose what a failing check does: ``"grade"`` raises (default), ``"workbook"`` prints ❌ / ⏳."""
+    global _mode
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    _mode = mode
+
+
+def get_mode() -> str:
+    """The current mode, ``"grade"`` or ``"workbook"``."""
+    return _mode
+
+
+def _say(symbol: str, message: str) -> None:
+    print(textwrap.fill(f"{symbol} {message}", width=WIDTH, subsequent_indent="   ",
+                        break_long_words=False, break_on_hyphens=False))
+
+
+def exercise(check: _F) -> _F:
+    """Wrap a check function so that it behaves as the current mode says.
+
+    A learner's function that raises ``NotImplementedError`` counts as not answered. In
+    ``"grade"`` mode every failure is raised (nbgrader scores it 0); in ``"workbook"`` mode
+    the outermost check prints the ⏳ or ❌ line instead and returns ``None``.
+    """
+    @functools.wraps(check)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        global _depth
+        _depth += 1
+        try:
+            try:
+                return check(*args, **kwargs)
+            except NotImplementedError:
+                raise NotAnswered("Your function still raises NotImplementedError: write its body in the "
+                                  "exercise cell above, run that cell, then run this one.") from None
+        except Feedback as failure:
+            if _mode != "workbook" or _depth > 1:
+                raise
+            if isinstance(failure, NotAnswered):
+                _say("⏳", f"Not answered yet. {failure}")
+            else:
+                _say("❌", str(failure))
+            return None
+        finally:
+            _depth -= 1
+
+    return wrapper  # type: ignore[return-value]
 
 
 WIDTH = 110  # characters per printed line: JupyterLab breaks longer output lines mid-word
@@ -53,10 +126,10 @@ def passed(message: str) -> None:
 
 
 def require_answer(value: Any, name: str) -> None:
-    """Fail with a friendly message while the learner's answer is still missing."""
+    """Raise :class:`NotAnswered` while the learner's answer is still ``None`` or ``...``."""
     if value is None or value is Ellipsis:
-        raise Feedback(f"`{name}` has no answer yet: replace the `None` (or the "
-                       "`raise NotImplementedError()`) in the exercise cell with your answer and run it again.")
+        raise NotAnswered(f"`{name}` has no answer yet (it is still {'None' if value is None else '...'}): write "
+                          "your answer in the exercise cell above, run that cell, then run this one.")
 
 
 def as_array(value: Any, name: str) -> np.ndarray:

@@ -11,7 +11,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from lora_edu.checks import Feedback, check_integer, passed, require_answer
+from lora_edu.checks import Feedback, NotAnswered, check_integer, exercise, passed, require_answer
 
 
 def _call(fn: Callable, name: str, *args: Any) -> Any:
@@ -19,7 +19,7 @@ def _call(fn: Callable, name: str, *args: Any) -> Any:
     try:
         return fn(*args)
     except NotImplementedError:
-        raise Feedback(f"`{name}` still raises NotImplementedError: replace that line with your code.") from None
+        raise NotAnswered(f"`{name}` still raises NotImplementedError: replace that line with your code.") from None
     except Exception as exc:  # noqa: BLE001 — any crash in the learner's code is feedback
         first = str(exc).splitlines()[0] if str(exc) else ""
         raise Feedback(f"Calling `{name}` raised {type(exc).__name__}: {first}") from None
@@ -44,6 +44,7 @@ def _function(fn: Any, name: str, signature: str) -> None:
 # --------------------------------------------------------------------------- section 1: the task
 
 
+@exercise
 def check_downstream_answer(fn: Callable, seed: int = 0) -> None:
     """``fn(x)`` must give the downstream answer ``reverse(x) + 1 (mod 16)`` for a list of 8 symbols."""
     import torch
@@ -97,6 +98,7 @@ def expected_lora_params(cfg: Any, r: int, targets: Sequence[str]) -> int:
     return cfg.n_layers * sum(r * (k + d) for _, k, d in _shapes(cfg, targets))
 
 
+@exercise
 def check_trainable_params(value: Any, cfg: Any, r: int, targets: Sequence[str],
                            name: str = "trainable") -> None:
     """A count of LoRA's trainable parameters: ``n_layers × Σ r (in + out)`` over the targeted matrices."""
@@ -131,6 +133,7 @@ def check_trainable_params(value: Any, cfg: Any, r: int, targets: Sequence[str],
            + " + ".join(f"{r}·({k}+{d})" for _, k, d in shapes) + ").")
 
 
+@exercise
 def check_adapter_data_bytes(value: Any, cfg: Any, r: int, targets: Sequence[str], bytes_per_value: int = 4) -> None:
     """Bytes of tensor data in a float32 LoRA adapter on ``targets`` of a model with config ``cfg``."""
     require_answer(value, "adapter_data_bytes")
@@ -158,6 +161,7 @@ def check_adapter_data_bytes(value: Any, cfg: Any, r: int, targets: Sequence[str
 # --------------------------------------------------------------------------- section 3: the rank sweep
 
 
+@exercise
 def check_smallest_rank(answer: Any, scores: Mapping[int, float], full_score: float, tol: float = 1.0) -> None:
     """The smallest r whose score is within ``tol`` points of full fine-tuning (``scores``: r -> %)."""
     require_answer(answer, "smallest_good_r")
@@ -184,6 +188,7 @@ def check_smallest_rank(answer: Any, scores: Mapping[int, float], full_score: fl
 # --------------------------------------------------------------------------- section 4: energy of ΔW
 
 
+@exercise
 def check_energy_fraction(fn: Callable) -> None:
     """``fn(S, k)``: the share of Σσ² held by the top k singular values (S sorted largest first)."""
     _function(fn, "energy_fraction", "(S, k)")
@@ -221,6 +226,7 @@ def check_energy_fraction(fn: Callable) -> None:
 # --------------------------------------------------------------------------- section 5: LoRA's update
 
 
+@exercise
 def check_lora_update(fn: Callable, seed: int = 0) -> None:
     """``fn(layer)``: ΔW = scaling · B A of a ``LoRALinear`` (out_features, in_features)."""
     import torch
@@ -261,6 +267,7 @@ def check_lora_update(fn: Callable, seed: int = 0) -> None:
 # --------------------------------------------------------------------------- section 6: φ
 
 
+@exercise
 def check_phi(fn: Callable, seed: int = 0) -> None:
     """``fn(U1, U2, i, j)``: the LoRA paper's φ = ||U1[:, :i]ᵀ U2[:, :j]||_F² / min(i, j)."""
     from lora_edu.lowrank import subspace_similarity
@@ -301,6 +308,7 @@ def check_phi(fn: Callable, seed: int = 0) -> None:
 # --------------------------------------------------------------------------- section 7: scaling
 
 
+@exercise
 def check_scaling(fn: Callable) -> None:
     """``fn(alpha, r, rank_stabilized)``: ``alpha / r``, or ``alpha / sqrt(r)`` for rsLoRA."""
     _function(fn, "lora_scaling", "(alpha, r, rank_stabilized)")

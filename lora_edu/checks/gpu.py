@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from lora_edu.checks import Feedback, check_integer, passed, require_answer
+from lora_edu.checks import Feedback, check_integer, exercise, passed, require_answer
 
 
 def _number(value: Any, name: str) -> float:
@@ -40,6 +40,7 @@ def _slips(value: float, name: str, expected: float, slips: dict[str, float]) ->
 # --------------------------------------------------------------------------- section 1
 
 
+@exercise
 def check_flop_fraction(value: Any, d: int, r: int) -> None:
     """Extra forward FLOPs of LoRA on a ``d × d`` layer, as a fraction of the base: ``2r/d``."""
     v = _number(value, "extra_flop_fraction")
@@ -59,6 +60,7 @@ def check_flop_fraction(value: Any, d: int, r: int) -> None:
 # --------------------------------------------------------------------------- section 2
 
 
+@exercise
 def check_elementwise_bytes(value: Any, T: int, d: int, dtype_bytes: int = 2) -> None:
     """Bytes that ``v = u * scaling`` moves: it reads a ``(T, d)`` tensor and writes one: ``2·T·d·b``."""
     v = _number(value, "scaling_bytes")
@@ -83,6 +85,7 @@ def check_elementwise_bytes(value: Any, T: int, d: int, dtype_bytes: int = 2) ->
 # --------------------------------------------------------------------------- section 3
 
 
+@exercise
 def check_saved_bytes(value: Any, T: int, r: int, dtype_bytes: int = 2) -> None:
     """Bytes of the one new activation the fused layer saves: ``t = x·Aᵀ``, ``(T, r)``."""
     v = _number(value, "saved_bytes")
@@ -102,6 +105,7 @@ def check_saved_bytes(value: Any, T: int, r: int, dtype_bytes: int = 2) -> None:
 # --------------------------------------------------------------------------- section 4
 
 
+@exercise
 def check_break_even_tokens(value: Any, d_in: int, d_out: int, r: int) -> None:
     """Tokens after which an unmerged layer's extra FLOPs exceed merging's one-time cost.
 
@@ -125,6 +129,7 @@ def check_break_even_tokens(value: Any, d_in: int, d_out: int, r: int) -> None:
 # --------------------------------------------------------------------------- section 5
 
 
+@exercise
 def check_adam_bytes(value: Any, n_params: int, param_bytes: int = 4) -> None:
     """AdamW's state for ``n_params`` trainable float32 parameters: two tensors (m and v), ``2·n·4`` bytes."""
     require_answer(value, "adam_bytes")
@@ -150,6 +155,7 @@ def check_adam_bytes(value: Any, n_params: int, param_bytes: int = 4) -> None:
 # --------------------------------------------------------------------------- section 6
 
 
+@exercise
 def check_gpt3_lora_params(value: Any, n_layers: int = 96, d_model: int = 12288, r: int = 4,
                            n_matrices: int = 2) -> None:
     """Trainable LoRA parameters of GPT-3 175B with rank ``r`` on ``n_matrices`` (Wq, Wv) d × d per layer."""

@@ -13,7 +13,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from lora_edu.checks import Feedback, check_choice, check_integer, check_matrix, passed, require_answer
+from lora_edu.checks import (
+    Feedback, NotAnswered, check_choice, check_integer, check_matrix, exercise, passed, require_answer,
+)
 
 
 def _torch():
@@ -34,7 +36,7 @@ def _call(fn: Callable, name: str, *args: Any, shapes: str = "") -> Any:
     try:
         return fn(*args)
     except NotImplementedError:
-        raise Feedback(f"`{name}` still raises NotImplementedError: replace that line with your code.") from None
+        raise NotAnswered(f"`{name}` still raises NotImplementedError: replace that line with your code.") from None
     except RuntimeError as exc:
         text = str(exc).splitlines()[0]
         if "shape" in text or "size" in text or "mat" in text:
@@ -46,6 +48,7 @@ def _call(fn: Callable, name: str, *args: Any, shapes: str = "") -> Any:
 # --------------------------------------------------------------------------- section 1: ΔW
 
 
+@exercise
 def check_accumulated_update(delta_W: Any, grads: list, lr: float) -> None:
     """``delta_W`` after plain SGD steps ``W <- W - lr * G_t``: the sum ``-lr * (G_1 + G_2 + ...)``."""
     require_answer(delta_W, "delta_W")
@@ -71,6 +74,7 @@ def check_accumulated_update(delta_W: Any, grads: list, lr: float) -> None:
 # --------------------------------------------------------------------------- section 2: the forward
 
 
+@exercise
 def check_lora_forward(fn: Callable, seed: int = 0, sizes: tuple[int, int, int, int] = (5, 7, 6, 3)) -> None:
     """``fn(x, base, lora_A, lora_B, alpha, r)`` must return ``base(x) + (alpha/r) * x @ A.T @ B.T``.
 
@@ -127,6 +131,7 @@ def check_lora_forward(fn: Callable, seed: int = 0, sizes: tuple[int, int, int, 
 # --------------------------------------------------------------------------- section 3: initialisation
 
 
+@exercise
 def check_lora_init(fn: Callable, sizes: tuple[int, int, int] = (4, 10, 7)) -> None:
     """``fn(r, in_features, out_features) -> (lora_A, lora_B)``: the layer starts as the base, and learns."""
     require_answer(fn, "init_lora")
@@ -174,6 +179,7 @@ def check_lora_init(fn: Callable, sizes: tuple[int, int, int] = (4, 10, 7)) -> N
 # --------------------------------------------------------------------------- section 4: scaling
 
 
+@exercise
 def check_scaling(fn: Callable) -> None:
     """``fn(alpha, r, rank_stabilized=False)``: ``alpha / r``, or ``alpha / sqrt(r)`` for rsLoRA."""
     require_answer(fn, "lora_scaling")
@@ -211,6 +217,7 @@ def check_scaling(fn: Callable) -> None:
 # --------------------------------------------------------------------------- section 5: counting
 
 
+@exercise
 def check_lora_counts(trainable: Any, total: Any, in_features: int, out_features: int, r: int,
                       bias: bool = True) -> None:
     """Trainable and total parameter counts of ``LoRALinear(nn.Linear(in, out, bias), r)``."""
@@ -247,6 +254,7 @@ def check_lora_counts(trainable: Any, total: Any, in_features: int, out_features
 # --------------------------------------------------------------------------- section 6: merging
 
 
+@exercise
 def check_lora_layer(cls: Any, sizes: tuple[int, int, int] = (9, 6, 3)) -> None:
     """A LoRA layer class ``cls(base, r, alpha)`` with ``lora_A``, ``lora_B``, ``merge()``, ``unmerge()``.
 
@@ -266,7 +274,7 @@ def check_lora_layer(cls: Any, sizes: tuple[int, int, int] = (9, 6, 3)) -> None:
     try:
         layer = cls(copy.deepcopy(base), r, alpha)
     except NotImplementedError:
-        raise Feedback("`FixedLoRA` still raises NotImplementedError.") from None
+        raise NotAnswered("`FixedLoRA` still raises NotImplementedError: write the class in the exercise cell.") from None
     for attr in ("lora_A", "lora_B", "base", "merge", "unmerge"):
         if not hasattr(layer, attr):
             raise Feedback(f"`FixedLoRA` has no `{attr}`: keep BuggyLoRA's names (subclass it and fix the method).")
@@ -329,6 +337,7 @@ def check_lora_layer(cls: Any, sizes: tuple[int, int, int] = (9, 6, 3)) -> None:
 # --------------------------------------------------------------------------- section 7: injection
 
 
+@exercise
 def check_target_modules(patterns: Any, make_model: Callable, expected: list[str]) -> None:
     """``apply_lora(make_model(), patterns, r=2)`` must replace exactly the ``expected`` modules."""
     require_answer(patterns, "target_modules")
@@ -357,6 +366,7 @@ def check_target_modules(patterns: Any, make_model: Callable, expected: list[str
 # --------------------------------------------------------------------------- section 8: adapters
 
 
+@exercise
 def check_adapter_bytes(value: Any, model: Any) -> None:
     """The bytes of tensor data in ``model``'s adapter (each LoRA entry in its own dtype)."""
     require_answer(value, "adapter_bytes")
@@ -385,6 +395,7 @@ def check_adapter_bytes(value: Any, model: Any) -> None:
 # --------------------------------------------------------------------------- choices
 
 
+@exercise
 def check_dropout_placement(answer: Any) -> None:
     """Where LoRA's dropout acts: on the input of the LoRA branch only."""
     options = {

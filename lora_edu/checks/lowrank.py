@@ -11,7 +11,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from lora_edu.checks import Feedback, as_array, check_choice, check_integer, check_shape, passed, require_answer
+from lora_edu.checks import (
+    Feedback, as_array, check_choice, check_integer, check_shape, exercise, passed, require_answer,
+)
 
 # --------------------------------------------------------------------------- helpers
 
@@ -74,6 +76,7 @@ def _svd_case(rng: np.random.Generator, m: int, n: int) -> tuple[np.ndarray, np.
 # =========================================================================== chapter 03
 
 
+@exercise
 def check_svd_reconstruction(fn: Callable, seed: int = 0) -> None:
     """``fn(U, S, Vh)`` should rebuild ``M = U @ diag(S) @ Vh`` from NumPy's thin SVD."""
     name = "reconstruct"
@@ -110,6 +113,7 @@ def _numpy_rank(M: np.ndarray, tol: float | None) -> int:
     return int(np.sum(s > tol))
 
 
+@exercise
 def check_numeric_rank(fn: Callable) -> None:
     """``fn(M, tol=None)`` should count the singular values above ``tol`` (NumPy's default when None)."""
     name = "my_numeric_rank"
@@ -141,6 +145,7 @@ def _tail_fro(S: np.ndarray, k: int) -> float:
     return float(np.sqrt(np.sum(np.asarray(S, float)[k:] ** 2)))
 
 
+@exercise
 def check_frobenius_tail(fn: Callable) -> None:
     """``fn(S, k)`` should return ``sqrt(σ_{k+1}² + ... + σ_p²)`` = ``||M - M_k||_F``."""
     name = "frobenius_error"
@@ -176,6 +181,7 @@ def check_frobenius_tail(fn: Callable) -> None:
                    "= √(σ²_{k+1} + … + σ²_p).")
 
 
+@exercise
 def check_storage(value: Any, m: int, n: int, k: int) -> None:
     """The numbers stored for a rank-``k`` SVD of an ``m × n`` image: ``k (m + n + 1)``."""
     name = "numbers_stored"
@@ -198,6 +204,7 @@ def _k_for_energy(S: np.ndarray, fraction: float) -> int:
     return int(np.searchsorted(e / e[-1], fraction - 1e-12) + 1)
 
 
+@exercise
 def check_k_for_energy(fn: Callable) -> None:
     """``fn(S, fraction)``: the smallest k with ``(σ_1² + … + σ_k²) / Σ σ² >= fraction``."""
     name = "k_for_energy"
@@ -242,6 +249,7 @@ def check_k_for_energy(fn: Callable) -> None:
                            "the smallest k with (σ₁² + … + σ_k²) / (σ₁² + … + σ_p²) >= fraction.")
 
 
+@exercise
 def check_range_finder(fn: Callable, seed: int = 0) -> None:
     """``fn(M, ell, rng)``: an ``(m, ell)`` matrix Q with orthonormal columns that captures M's top range."""
     name = "range_finder"
@@ -276,6 +284,7 @@ def check_range_finder(fn: Callable, seed: int = 0) -> None:
 # =========================================================================== chapter 04
 
 
+@exercise
 def check_lora_param_count(value: Any, d: int, k: int, r: int) -> None:
     """Trainable parameters of ``B (d, r)`` and ``A (r, k)``: ``r (d + k)``."""
     name = "lora_params"
@@ -292,6 +301,7 @@ def check_lora_param_count(value: Any, d: int, k: int, r: int) -> None:
     passed(f"B and A hold {got:,} numbers, {d * k / got:.1f}× fewer than the {d * k:,} of W.")
 
 
+@exercise
 def check_product_rank(value: Any, B: Any, A: Any) -> None:
     """rank(B @ A) for the given factors (r = B.shape[1])."""
     name = "rank_BA"
@@ -315,6 +325,7 @@ def check_product_rank(value: Any, B: Any, A: Any) -> None:
     passed(f"rank(BA) = {expected}: at most r = {r}, {why}.")
 
 
+@exercise
 def check_factor_from_svd(fn: Callable, seed: int = 0, shape: tuple[int, int] = (7, 5), k: int = 2) -> None:
     """``fn(M, k)`` -> ``(B, A)`` with ``B (m, k)``, ``A (k, n)`` and ``B @ A`` the best rank-k approximation."""
     name = "factor_from_svd"
@@ -360,6 +371,7 @@ def _tail_sq(S: np.ndarray, r: int) -> float:
     return float(np.sum(np.asarray(S, float)[r:] ** 2))
 
 
+@exercise
 def check_optimal_loss(value: Any, S: Any, r: int) -> None:
     """The smallest ``||M - B A||_F²`` over ``B (m, r)``, ``A (r, n)``: ``σ²_{r+1} + … + σ²_p``."""
     name = "best_loss"
@@ -395,6 +407,7 @@ def _smallest_r(S: np.ndarray, threshold: float) -> int:
     return len(S)
 
 
+@exercise
 def check_smallest_r(value: Any, S: Any, threshold: float) -> None:
     """Smallest ``r`` with ``||M - M_r||_F / ||M||_F <= threshold`` for singular values ``S``."""
     name = "smallest_r"
@@ -430,6 +443,7 @@ R_MEANING_OPTIONS = {
 }
 
 
+@exercise
 def check_r_meaning(choice: Any) -> None:
     """Multiple choice: what is LoRA's r? (the seed blog post says it is "determined by" the rank)."""
     options = {

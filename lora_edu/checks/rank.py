@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from lora_edu.checks import Feedback, check_choice, check_integer, passed, require_answer
+from lora_edu.checks import Feedback, check_choice, check_integer, exercise, passed, require_answer
 from lora_edu.rank import AddMultiple, Scale, Swap, numeric_rank, parse_step, row_echelon
 
 # --------------------------------------------------------------------------- chapter 01
@@ -50,6 +50,7 @@ def _columns_combination(M: list[list[int]], coeffs: list[float], cols: tuple[in
     return sum(c * A[:, j] for c, j in zip(coeffs, cols))
 
 
+@exercise
 def check_column_combination(coefficients: Any) -> None:
     """``coefficients = (a, b)`` with column 3 = a·column 1 + b·column 2 of :data:`COMBINATION_MATRIX`."""
     a, b = _numbers(coefficients, "coefficients", 2)
@@ -72,6 +73,7 @@ def check_column_combination(coefficients: Any) -> None:
 _PICTURES = {"point": 0, "line": 1, "plane": 2, "space": 3}
 
 
+@exercise
 def check_column_space_picture(answer: Any) -> None:
     """``answer`` in {"point", "line", "plane", "space"}: the column space of :data:`PICTURE_MATRIX`."""
     require_answer(answer, "column_space")
@@ -99,6 +101,7 @@ def _slider_columns(t: float) -> np.ndarray:
     return np.column_stack([c1, c2, c1 + c2 + (1 - t) * normal])
 
 
+@exercise
 def check_near_plane(rank_at_099: Any, t_where_rank_drops: Any) -> None:
     """Slider exercise: the rank at t = 0.99, and the value of t where the rank becomes 2."""
     require_answer(rank_at_099, "rank_at_099")
@@ -121,6 +124,7 @@ def check_near_plane(rank_at_099: Any, t_where_rank_drops: Any) -> None:
            "where the third column lands exactly in the plane.")
 
 
+@exercise
 def check_row_rank(answer: Any) -> None:
     """A 3×5 matrix whose columns span a plane: how many independent rows?"""
     m, n = ROW_RANK_SHAPE
@@ -138,6 +142,7 @@ def check_row_rank(answer: Any) -> None:
            "spaces with the same dimension.")
 
 
+@exercise
 def check_product_bound(answer: Any) -> None:
     """B is 6×2 and A is 2×9: the largest possible rank of B @ A."""
     (d, r), (_, k) = PRODUCT_SHAPES
@@ -176,6 +181,7 @@ def _tol_slips(M: np.ndarray) -> dict[str, float]:
     }
 
 
+@exercise
 def check_default_tol(fn: Callable, seed: int = 0) -> None:
     """``fn(M)`` returns NumPy's default rank tolerance ``S.max() * max(m, n) * eps`` for a NumPy array ``M``."""
     require_answer(fn, "default_tol")
@@ -238,6 +244,7 @@ def next_step_state() -> Any:
     return row_echelon(NEXT_STEP_START).replay(NEXT_STEP_DONE)
 
 
+@exercise
 def check_next_step(answer: Any) -> None:
     """``answer`` is the next row operation of forward elimination on :func:`next_step_state`, as text."""
     require_answer(answer, "next_step")
@@ -273,6 +280,7 @@ def check_next_step(answer: Any) -> None:
                    f"(entry to clear) / (pivot) = {state[2, 1]}/{state[1, 1]}; subtract that multiple of R2.")
 
 
+@exercise
 def check_rref_choice(answer: Any) -> None:
     """``answer`` is the set of names in :data:`RREF_CANDIDATES` whose matrix is in RREF."""
     require_answer(answer, "in_rref")
@@ -300,6 +308,7 @@ def check_rref_choice(answer: Any) -> None:
     passed(f"{sorted(expected)} are in RREF; the others break one rule each.")
 
 
+@exercise
 def check_pivots(answer: Any) -> None:
     """``answer``: the pivot columns of :data:`PIVOT_MATRIX`, counted from 0."""
     require_answer(answer, "pivot_columns")
@@ -325,6 +334,7 @@ def check_pivots(answer: Any) -> None:
                    "the way down; every non-zero row of the echelon form has one pivot.")
 
 
+@exercise
 def check_rank_answer(answer: Any) -> None:
     """``answer``: the rank of :data:`RANK_MATRIX`."""
     m, n = len(RANK_MATRIX), len(RANK_MATRIX[0])
@@ -339,6 +349,7 @@ def check_rank_answer(answer: Any) -> None:
     passed(f"rank {expected}: {expected} pivots, so one row of L is a combination of the others.")
 
 
+@exercise
 def check_rref_dependency(coefficients: Any) -> None:
     """``coefficients = (a, b)``: column 3 = a·column 1 + b·column 2 of :data:`DEPENDENCY_MATRIX`."""
     a, b = _numbers(coefficients, "coefficients", 2)
@@ -372,6 +383,7 @@ _FLOAT_CHOICES = {
 }
 
 
+@exercise
 def check_float_pivots_choice(answer: Any) -> None:
     """Multiple choice: what follows from floating-point pivots 4.0, 1.5 and 3e-17?"""
     require_answer(answer, "conclusion")

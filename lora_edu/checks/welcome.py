@@ -5,13 +5,14 @@ from typing import Callable
 
 import numpy as np
 
-from lora_edu.checks import Feedback, check_matrix, passed, require_answer
+from lora_edu.checks import Feedback, check_matrix, exercise, passed, require_answer
 
 
 def _reference(X, W0, A, B, alpha, r):
     return X @ W0.T + (alpha / r) * (X @ A.T @ B.T)
 
 
+@exercise
 def check_batch_forward(fn: Callable, seed: int = 0, sizes: tuple[int, int, int, int] = (5, 4, 3, 2)) -> None:
     """Check ``fn(X, W0, A, B, alpha, r)`` against ``X @ W0.T + (alpha/r) * X @ A.T @ B.T``.
 
