@@ -40,10 +40,12 @@ def test_exercise_matrices_have_the_properties_the_text_claims():
 
 def test_messages_name_the_dependencies_computed_from_the_matrices():
     assert checks._dependencies(checks.PICTURE_MATRIX) == {2: "column 3 = column 1 + column 2"}
-    assert checks._dependencies(checks.PIVOT_MATRIX) == {1: "column 2 = 2·column 1", 4: "column 5 = column 1 + 2·column 4"}
+    assert checks._dependencies(checks.PIVOT_MATRIX) == {1: "column 2 = 2·column 1",
+                                                         4: "column 5 = column 1 + 2·column 4"}
     assert checks._dependencies(checks.DEPENDENCY_MATRIX) == {2: "column 3 = 2·column 1 - column 2",
                                                               3: "column 4 = -column 1 + 3·column 2"}
-    for M, deps in [(checks.PIVOT_MATRIX, {1: (2,), 4: (1, 0, 2)}), (checks.DEPENDENCY_MATRIX, {2: (2, -1), 3: (-1, 3)})]:
+    for M, deps in [(checks.PIVOT_MATRIX, {1: (2,), 4: (1, 0, 2)}),
+                    (checks.DEPENDENCY_MATRIX, {2: (2, -1), 3: (-1, 3)})]:
         A = np.array(M)  # the dependencies really hold, on the original matrix
         pivots = row_echelon(M).pivots
         for j, coeffs in deps.items():
@@ -342,7 +344,7 @@ def test_float_pivots_feedback_for_b_states_the_pivot_bound():
 
 
 def test_pivot_bound_holds_for_partial_pivoting():
-    """σ_min(A) ≤ ‖L‖₂·min|u_kk| ≤ n·min|u_kk| for PA = LU with |l_ij| ≤ 1: what the feedback for b says."""
+    """σ_min(A) ≤ ‖L‖₂·min|u_kk| ≤ n·min|u_kk| for PA = LU with |l_ij| ≤ 1: what b's feedback says."""
     rng = np.random.default_rng(0)
     for _ in range(50):
         n = int(rng.integers(2, 8))

@@ -363,13 +363,14 @@ def check_next_step(answer: Any) -> None:
         raise Feedback(f"Cannot read `next_step`: {exc}") from None
     nth = _ORDINAL.get(r, f"#{r + 1}")
     if op == expected:
-        done = "the matrix is now in row echelon form" if len(ech.steps) == NEXT_STEP_DONE + 1 else "on to the next"
-        passed(f"{expected} clears the entry below the {nth} pivot; {done} with {ech.rank} pivots.")
+        last = len(ech.steps) == NEXT_STEP_DONE + 1
+        done = f"; the matrix is now in row echelon form with {ech.rank} pivots" if last else ""
+        passed(f"{expected} clears the entry below the {nth} pivot{done}.")
         return
     if swap is not None and op == swap:
         passed(f"{op} is partial pivoting's step: |{state[swap.j, c]}| > |{pivot}|, so the larger entry becomes the "
-               "pivot (what floating-point codes do, section 5). This chapter's exact traces keep a non-zero pivot "
-               f"where it is; their next step is {expected}.")
+               "pivot (what floating-point codes do, as the chapter's last section shows). This chapter's exact "
+               f"traces keep a non-zero pivot where it is; their next step is {expected}.")
         return
     if scale is not None and op == scale:
         passed(f"{op} makes the pivot 1 first, as many textbooks do. This chapter's traces scale only in the "
@@ -663,8 +664,8 @@ def check_rank_by_elimination(fn: Any, seed: int = 0) -> None:
         raise Feedback(f"{desc}. Go column by column: find a row at or below the current one with a non-zero "
                        "entry, swap it up, subtract multiples of it to clear the entries below it, count one pivot "
                        "and move one row down; a column with no such row has no pivot.")
-    passed(f"your elimination agrees with exact_rank on all {len(cases)} matrices (ranks {min(answers)} to "
-           f"{max(answers)}), including swaps, columns without a pivot and exact fractions.")
+    passed(f"your elimination agrees with exact_rank on all {len(cases)} matrices — swaps, columns without a pivot, "
+           "zero rows and exact fractions included.")
 
 
 __all__ = [
