@@ -378,74 +378,42 @@ def test_float_pivots_choice_wrong(answer, message):
 # ----------------------------------------------------------------------------- chapter 02: elimination in code
 
 
-def rank_by_elimination(M):
-    """The course's solution: forward elimination in Fractions, counting pivots."""
-    rows = [[Fraction(x) for x in row] for row in M]
+def learner_elimination(M, *, exact=True, swap=True, diagonal=False):
+    """A learner's forward elimination, counting pivots — right with the defaults, or with one usual slip:
+    floats instead of Fractions, no swap (a 0 in the pivot position ends the column), or the pivot of column k
+    looked for in row k (a column without a pivot uses up a row)."""
+    rows = [[Fraction(x) if exact else float(x) for x in row] for row in M]
     m, n = len(rows), len(rows[0])
-    r = 0
-    for c in range(n):
-        p = next((i for i in range(r, m) if rows[i][c] != 0), None)
+    r = pivots = 0
+    for c in range(min(m, n) if diagonal else n):
+        r = c if diagonal else r
+        if r == m:
+            break
+        p = next((i for i in (range(r, m) if swap else [r]) if rows[i][c] != 0), None)
         if p is None:
             continue
         rows[r], rows[p] = rows[p], rows[r]
         for i in range(r + 1, m):
             f = rows[i][c] / rows[r][c]
             rows[i] = [a - f * b for a, b in zip(rows[i], rows[r])]
-        r += 1
-        if r == m:
-            break
-    return r
+        r, pivots = r + 1, pivots + 1
+    return pivots
+
+
+def rank_by_elimination(M):
+    return learner_elimination(M)
 
 
 def diagonal_pivots(M):
-    """A usual slip: the pivot of column k is looked for in row k (columns without a pivot use up a row)."""
-    rows = [[Fraction(x) for x in row] for row in M]
-    m, n = len(rows), len(rows[0])
-    count = 0
-    for k in range(min(m, n)):
-        p = next((i for i in range(k, m) if rows[i][k] != 0), None)
-        if p is None:
-            continue
-        rows[k], rows[p] = rows[p], rows[k]
-        for i in range(k + 1, m):
-            f = rows[i][k] / rows[k][k]
-            rows[i] = [a - f * b for a, b in zip(rows[i], rows[k])]
-        count += 1
-    return count
+    return learner_elimination(M, diagonal=True)
 
 
 def float_elimination(M):
-    rows = [[float(x) for x in row] for row in M]
-    m, n = len(rows), len(rows[0])
-    r = 0
-    for c in range(n):
-        if r == m:
-            break
-        p = next((i for i in range(r, m) if rows[i][c] != 0), None)
-        if p is None:
-            continue
-        rows[r], rows[p] = rows[p], rows[r]
-        for i in range(r + 1, m):
-            f = rows[i][c] / rows[r][c]
-            rows[i] = [a - f * b for a, b in zip(rows[i], rows[r])]
-        r += 1
-    return r
+    return learner_elimination(M, exact=False)
 
 
 def no_swap(M):
-    rows = [[Fraction(x) for x in row] for row in M]
-    m, n = len(rows), len(rows[0])
-    r = 0
-    for c in range(n):
-        if r == m:
-            break
-        if rows[r][c] == 0:
-            continue
-        for i in range(r + 1, m):
-            f = rows[i][c] / rows[r][c]
-            rows[i] = [a - f * b for a, b in zip(rows[i], rows[r])]
-        r += 1
-    return r
+    return learner_elimination(M, swap=False)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
