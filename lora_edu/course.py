@@ -22,10 +22,10 @@ class Chapter:
 CHAPTERS: tuple[Chapter, ...] = (
     Chapter("00", "00_welcome.ipynb", "Welcome", "use the course, check your setup, map the three notations", 15,
             "not needed"),
-    Chapter("01", "01_rank.ipynb", "Rank", "say what rank is, see it, compute it and know numpy's tolerance", 40,
+    Chapter("01", "01_rank.ipynb", "Rank", "say what rank is, see it, compute it and know numpy's tolerance", 45,
             "not needed"),
     Chapter("02", "02_echelon_forms.ipynb", "Echelon forms", "row-reduce with a step trace, read rank from pivots",
-            40, "not needed"),
+            55, "not needed"),
     Chapter("03", "03_svd_low_rank.ipynb", "SVD and low-rank approximation",
             "read the SVD, find numeric rank, use Eckart–Young–Mirsky, compress an image", 50, "not needed"),
     Chapter("04", "04_low_rank_factorization.ipynb", "Low-rank factorization",

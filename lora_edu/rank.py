@@ -306,15 +306,19 @@ _TERM = re.compile(r"([+-]?)(?:\(([+-]?\d+(?:/\d+)?)\)|(\d+(?:/\d+)?))?\*?R(\d+)
 def parse_step(text: str) -> RowOp:
     """Read a row operation written by hand: ``"R2 <- R2 - 2*R1"``, ``"R1 <-> R3"``, ``"R2 <- (1/3)*R2"``.
 
-    Forgiving about spaces, ``*``, parentheses, ``r``/``R``, the arrows ``<-``, ``←``, ``=``, ``<->``, ``↔``
-    and the order of terms (``R2 <- -2R1 + R2``); ``R2 <- R2/3`` is a scaling. Raises ``ValueError`` with
-    a hint for anything that is not one elementary row operation.
+    Forgiving about spaces, ``*``, parentheses, ``r``/``R``, the arrows ``<-``, ``←``, ``=``, ``<->``, ``↔``,
+    the textbook arrow pointing the other way (``R2 - 2R1 -> R2``, ``→``) and the order of terms
+    (``R2 <- -2R1 + R2``); ``R2 <- R2/3`` is a scaling. Raises ``ValueError`` with a hint for anything that
+    is not one elementary row operation.
     """
     if not isinstance(text, str):
         raise TypeError(f"a row operation is a string such as 'R2 <- R2 - 2*R1', not {type(text).__name__}.")
     s = re.sub(r"\s+", "", text).replace("r", "R").replace("−", "-")
     s = s.replace("↔", "<->").replace("<=>", "<->").replace("←", "<-").replace(":=", "<-").replace("·", "*")
-    s = s.replace("×", "*")
+    s = s.replace("×", "*").replace("→", "->")
+    if "->" in s and "<->" not in s and s.count("->") == 1:  # "R2 - 2R1 -> R2": the target on the right
+        expression, target_row = s.split("->")
+        s = f"{target_row}<-{expression}"
     hint = "Write it like 'R2 <- R2 - 2*R1', 'R1 <-> R3' or 'R2 <- (1/3)*R2' (rows count from 1)."
     swap = re.fullmatch(r"R(\d+)<->R(\d+)", s)
     if swap:

@@ -5,16 +5,18 @@ import numpy as np
 import pytest
 import sympy
 
-from lora_edu.checks import Feedback
+from fractions import Fraction
+
+from lora_edu.checks import Feedback, NotAnswered
 from lora_edu.checks import rank as checks
-from lora_edu.rank import exact_rank, row_echelon
+from lora_edu.rank import exact_rank, parse_step, row_echelon
 
 
 def passes(capsys, fn, *args) -> str:
     fn(*args)
     out = capsys.readouterr().out
     assert out.startswith("✅ Correct"), out
-    return out
+    return " ".join(out.split())  # the line as written, without the wrapping at 110 characters
 
 
 # ----------------------------------------------------------------------------- the exercise data themselves
@@ -28,6 +30,26 @@ def test_exercise_matrices_have_the_properties_the_text_claims():
     assert sympy.Matrix(checks.PIVOT_MATRIX).rref()[1] == row_echelon(checks.PIVOT_MATRIX).pivots
     L = checks.RANK_MATRIX
     assert row_echelon(L).rank == sympy.Matrix(L).rank() < min(len(L), len(L[0]))
+    # "A 3×5 matrix whose columns span a plane": the example the row-rank check computes on
+    assert np.shape(checks.ROW_RANK_EXAMPLE) == checks.ROW_RANK_SHAPE == (3, 5)
+    assert sympy.Matrix(checks.ROW_RANK_EXAMPLE).rank() == 2
+    # the slider's matrix loses rank only at t = 1 (SymPy solves det M(t) = 0 inside the check)
+    assert checks._slider_drop() == 1
+    assert sympy.Matrix(checks._slider_matrix(sympy.Rational(99, 100))).rank() == 3
+
+
+def test_messages_name_the_dependencies_computed_from_the_matrices():
+    assert checks._dependencies(checks.PICTURE_MATRIX) == {2: "column 3 = column 1 + column 2"}
+    assert checks._dependencies(checks.PIVOT_MATRIX) == {1: "column 2 = 2·column 1",
+                                                         4: "column 5 = column 1 + 2·column 4"}
+    assert checks._dependencies(checks.DEPENDENCY_MATRIX) == {2: "column 3 = 2·column 1 - column 2",
+                                                              3: "column 4 = -column 1 + 3·column 2"}
+    for M, deps in [(checks.PIVOT_MATRIX, {1: (2,), 4: (1, 0, 2)}),
+                    (checks.DEPENDENCY_MATRIX, {2: (2, -1), 3: (-1, 3)})]:
+        A = np.array(M)  # the dependencies really hold, on the original matrix
+        pivots = row_echelon(M).pivots
+        for j, coeffs in deps.items():
+            assert np.array_equal(A[:, j], sum(c * A[:, p] for c, p in zip(coeffs, pivots)))
 
 
 # ----------------------------------------------------------------------------- chapter 01
@@ -51,17 +73,22 @@ def test_column_combination_wrong(answer, message):
         checks.check_column_combination(answer)
 
 
-def test_column_space_picture(capsys):
-    passes(capsys, checks.check_column_space_picture, "plane")
-    passes(capsys, checks.check_column_space_picture, " Plane ")
+@pytest.mark.parametrize("answer", ["plane", " Plane ", "a plane", "2D plane", "A 2-D plane", "the plane"])
+def test_column_space_picture(capsys, answer):
+    out = passes(capsys, checks.check_column_space_picture, answer)
+    assert "column 3 = column 1 + column 2" in out  # computed from PICTURE_MATRIX's RREF
 
 
 @pytest.mark.parametrize("answer, message", [
     ("line", "multiple of one"),
     ("space", "three independent columns"),
-    ("all of space", "three independent columns"),
+    ("all of space", "three independent columns, but column 3 = column 1 \\+ column 2"),
+    ("the whole space", "three independent columns"),
+    ("a line", "multiple of one"),
     ("point", "zero matrix"),
     ("cube", "one of the words"),
+    ("not a plane", "one of the words"),
+    ("plane or line", "one of the words"),
     (2, "one of the words"),
     (None, "no answer yet"),
 ])
@@ -70,9 +97,10 @@ def test_column_space_picture_wrong(answer, message):
         checks.check_column_space_picture(answer)
 
 
-def test_near_plane(capsys):
-    passes(capsys, checks.check_near_plane, 3, 1.0)
-    passes(capsys, checks.check_near_plane, 3, 1)
+@pytest.mark.parametrize("rank, t", [(3, 1.0), (3, 1), (3.0, Fraction(1)), (np.int64(3), sympy.Integer(1)),
+                                     (sympy.Integer(3), np.float64(1.0)), (3, np.array(1.0))])
+def test_near_plane(capsys, rank, t):
+    passes(capsys, checks.check_near_plane, rank, t)
 
 
 @pytest.mark.parametrize("rank, t, message", [
@@ -81,8 +109,13 @@ def test_near_plane(capsys):
     (3, None, "t_where_rank_drops` has no answer"),
     (3, 0.99, "still 0.0173 away"),
     (3, 0.5, "still 0.8660 away"),
+    (3, 1 - 1e-13, "still 1.7e-13 away from the plane — tiny, but not zero"),  # passed before (abs_tol 1e-12)
+    (3, 1 - 2**-53, "tiny, but not zero"),  # the float just below 1
+    (3, Fraction(999, 1000), "still 0.0017 away"),
     (3, 1.5, "outside the slider"),
+    (3, 1 + 1e-15, "outside the slider"),
     (3, "1", "should be a number"),
+    (3, True, "should be a number"),
 ])
 def test_near_plane_wrong(rank, t, message):
     with pytest.raises(Feedback, match=message):
@@ -93,19 +126,27 @@ def test_row_rank(capsys):
     passes(capsys, checks.check_row_rank, 2)
 
 
+@pytest.mark.parametrize("answer", [2, 2.0, np.int64(2), sympy.Integer(2), np.array(2)])
+def test_row_rank_accepts_every_integer_type(capsys, answer):
+    out = passes(capsys, checks.check_row_rank, answer)
+    assert "inside R⁵" in out and "inside R³" in out
+
+
 @pytest.mark.parametrize("answer, message", [
     (3, "number of rows, not the number of independent rows"),
     (5, "number of columns"),
     (1, "too small"),
     (2.5, "whole number"),
+    (np.array([2, 2]), "one whole number, not an array"),
 ])
 def test_row_rank_wrong(answer, message):
     with pytest.raises(Feedback, match=message):
         checks.check_row_rank(answer)
 
 
-def test_product_bound(capsys):
-    out = passes(capsys, checks.check_product_bound, 2)
+@pytest.mark.parametrize("answer", [2, np.int64(2), np.array(2), sympy.Integer(2)])
+def test_product_bound(capsys, answer):
+    out = passes(capsys, checks.check_product_bound, answer)  # np.array(2) was rejected as "not int" before
     assert "LoRA" in out
 
 
@@ -115,6 +156,8 @@ def test_product_bound(capsys):
     (54, "combination of the 2 columns of B"),
     (1, "too small"),
     (3, "too large"),
+    (np.array([2, 2]), "one whole number, not an array of shape \\(2,\\)"),  # a raw ValueError before
+    ("2", "whole number"),
 ])
 def test_product_bound_wrong(answer, message):
     with pytest.raises(Feedback, match=message):
@@ -160,9 +203,25 @@ def test_next_step_state_is_what_the_text_shows():
     assert checks.next_step_state() == sympy.Matrix([[1, 2, -1], [0, 3, 3], [0, 6, 5]])
 
 
-@pytest.mark.parametrize("answer", ["R3 <- R3 - 2*R2", "R3 = R3 - 2 R2", "R3 <- -2*R2 + R3", "r3 <- r3 + (-2)*r2"])
+@pytest.mark.parametrize("answer", ["R3 <- R3 - 2*R2", "R3 = R3 - 2 R2", "R3 <- -2*R2 + R3", "r3 <- r3 + (-2)*r2",
+                                    "R3 - 2R2 -> R3"])
 def test_next_step(capsys, answer):
-    passes(capsys, checks.check_next_step, answer)
+    out = passes(capsys, checks.check_next_step, answer)
+    assert "row echelon form with 3 pivots" in out
+
+
+def test_next_step_accepts_the_other_two_conventions_and_names_them(capsys):
+    """Partial pivoting swaps the larger entry 6 up; scale-first makes the pivot 3 a 1. Both were marked wrong
+    before ("Swap only when the pivot position holds a 0")."""
+    state = checks.next_step_state()
+    assert abs(state[2, 1]) > abs(state[1, 1])  # why partial pivoting swaps here
+    out = passes(capsys, checks.check_next_step, "R2 <-> R3")
+    assert "partial pivoting" in out and "|6| > |3|" in out and "R3 <- R3 - 2*R2" in out
+    out = passes(capsys, checks.check_next_step, "R2 <- (1/3)*R2")
+    assert "makes the pivot 1 first" in out and "R3 <- R3 - 2*R2" in out
+    # the steps really are what the conventions do: after them the pivot is the largest entry / is 1
+    assert parse_step("R2 <-> R3").apply(state)[1, 1] == 6
+    assert parse_step("R2 <- (1/3)*R2").apply(state)[1, 1] == 1
 
 
 @pytest.mark.parametrize("answer, message", [
@@ -170,9 +229,11 @@ def test_next_step(capsys, answer):
     ("R3 <- R3 - 3*R2", "entry below the second pivot is -3"),
     ("R3 <- R3 - (1/2)*R2", "multiplier is"),
     ("R3 <- R3 - 6*R1", "uses R1"),
-    ("R2 <- R2 - 3*R1", "R1 and R2 are finished"),
-    ("R2 <-> R3", "not needed"),
-    ("R2 <- (1/3)*R2", "below"),
+    ("R2 <- R2 - 3*R1", "row holding the second pivot"),
+    ("R1 <- R1 - R2", "R1 is finished"),
+    ("R1 <-> R2", "R1, which already holds its pivot"),
+    ("R2 <- 3*R2", "not the next step"),
+    ("R3 <- (1/6)*R3", "not the next step"),
     ("R4 <- R4 - R2", "only 3 rows"),
     ("subtract 2 R2 from R3", "Cannot read"),
     (None, "no answer yet"),
@@ -186,6 +247,7 @@ def test_rref_choice(capsys):
     passes(capsys, checks.check_rref_choice, {"P", "Q"})
     passes(capsys, checks.check_rref_choice, ["q", "p"])
     passes(capsys, checks.check_rref_choice, "P, Q")
+    passes(capsys, checks.check_rref_choice, "PQ")
 
 
 @pytest.mark.parametrize("answer, message", [
@@ -205,14 +267,20 @@ def test_rref_choice_wrong(answer, message):
 
 
 def test_pivots(capsys):
-    passes(capsys, checks.check_pivots, (0, 2, 3))
+    out = passes(capsys, checks.check_pivots, (0, 2, 3))
+    assert "columns 1, 3, 4" in out
     passes(capsys, checks.check_pivots, [3, 0, 2])
+    passes(capsys, checks.check_pivots, np.array([0, 2, 3]))
+    passes(capsys, checks.check_pivots, row_echelon(checks.PIVOT_MATRIX).pivots)
 
 
 @pytest.mark.parametrize("answer, message", [
     ((1, 3, 4), "counted from 1"),
-    ((0, 1, 2), "Column 1 .* is not a pivot column"),
+    ((0, 1, 2), r"Index 1 \(column 2\) is not a pivot column.*column 2 = 2·column 1"),
     ((0, 2), "missing"),
+    ((0, 0, 2, 3), "index 0 more than once"),  # was "Some pivot columns are missing: you gave 4"
+    ((0, 2, 2), "index 2 more than once"),
+    ((0, 2, 7), "not a column of this 3×5 matrix"),
     (3, "not how many"),
     ("abc", "tuple of column indices"),
     (None, "no answer yet"),
@@ -222,8 +290,9 @@ def test_pivots_wrong(answer, message):
         checks.check_pivots(answer)
 
 
-def test_rank_answer(capsys):
-    passes(capsys, checks.check_rank_answer, 3)
+@pytest.mark.parametrize("answer", [3, 3.0, np.int64(3), sympy.Integer(3), sympy.Matrix(checks.RANK_MATRIX).rank()])
+def test_rank_answer(capsys, answer):
+    passes(capsys, checks.check_rank_answer, answer)  # sympy.Integer(3) was rejected as "not int" before
 
 
 @pytest.mark.parametrize("answer, message", [
@@ -231,6 +300,8 @@ def test_rank_answer(capsys):
     (5, r"at most min\(4, 5\) = 4"),
     (2, "too small"),
     ("3", "whole number"),
+    (sympy.Rational(7, 2), "whole number"),
+    (np.array([3, 3]), "one whole number"),
 ])
 def test_rank_answer_wrong(answer, message):
     with pytest.raises(Feedback, match=message):
@@ -239,7 +310,9 @@ def test_rank_answer_wrong(answer, message):
 
 def test_rref_dependency(capsys):
     out = passes(capsys, checks.check_rref_dependency, (2, -1))
-    assert "2·column 1 - 1·column 2" in out
+    assert "2·column 1 - 1·column 2" in out and "special solution (-2, 1, 1, 0)" in out
+    special = sympy.Matrix([-2, 1, 1, 0])
+    assert sympy.Matrix(checks.DEPENDENCY_MATRIX) * special == sympy.zeros(3, 1)
 
 
 @pytest.mark.parametrize("answer, message", [
@@ -255,16 +328,148 @@ def test_rref_dependency_wrong(answer, message):
 
 
 def test_float_pivots_choice(capsys):
-    passes(capsys, checks.check_float_pivots_choice, "c")
+    out = passes(capsys, checks.check_float_pivots_choice, "c")
+    assert "states and checks" in out and "proves" not in out and "spectral norm" in out
     passes(capsys, checks.check_float_pivots_choice, " C ")
+
+
+def test_float_pivots_feedback_for_b_states_the_pivot_bound():
+    """Option b ("exactly 2") is wrong for the exact rank, but the tiny pivot does bound σ_min: the feedback used
+    to argue with T_n, which speaks against option a, and called the tiny pivot meaningless."""
+    with pytest.raises(Feedback) as info:
+        checks.check_float_pivots_choice("b")
+    message = str(info.value)
+    assert "*close* to a matrix of rank 2" in message and "3·3e-17 = 9e-17" in message
+    assert "*exactly* 2" in message and "T_n" in message
+
+
+def test_pivot_bound_holds_for_partial_pivoting():
+    """σ_min(A) ≤ ‖L‖₂·min|u_kk| ≤ n·min|u_kk| for PA = LU with |l_ij| ≤ 1: what b's feedback says."""
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        n = int(rng.integers(2, 8))
+        A = rng.normal(size=(n, n)) @ np.diag(10.0 ** rng.uniform(-8, 0, size=n)) @ rng.normal(size=(n, n))
+        U, L = A.copy(), np.eye(n)
+        for k in range(n):  # Doolittle with partial pivoting, recording L
+            p = k + int(np.argmax(np.abs(U[k:, k])))
+            U[[k, p]], L[[k, p], :k] = U[[p, k]], L[[p, k], :k]
+            for i in range(k + 1, n):
+                L[i, k] = U[i, k] / U[k, k]
+                U[i] -= L[i, k] * U[k]
+        assert np.abs(L).max() <= 1
+        sigma_min = np.linalg.svd(A, compute_uv=False)[-1]
+        smallest = np.abs(np.diag(U)).min()
+        slack = 10 * n * np.finfo(float).eps * np.abs(A).max()  # the LU's own rounding
+        assert sigma_min <= np.linalg.norm(L, 2) * smallest + slack
+        assert np.linalg.norm(L, 2) <= np.sqrt(n * (n + 1) / 2) <= n
 
 
 @pytest.mark.parametrize("answer, message", [
     ("a", "rounding almost never produces an exact 0"),
-    ("b", "warning, not a verdict"),
+    ("b", "does not show that the rank is \\*exactly\\* 2"),
     ("d", "not one of the choices"),
     (None, "no answer yet"),
 ])
 def test_float_pivots_choice_wrong(answer, message):
     with pytest.raises(Feedback, match=message):
         checks.check_float_pivots_choice(answer)
+
+
+# ----------------------------------------------------------------------------- chapter 02: elimination in code
+
+
+def learner_elimination(M, *, exact=True, swap=True, diagonal=False):
+    """A learner's forward elimination, counting pivots — right with the defaults, or with one usual slip:
+    floats instead of Fractions, no swap (a 0 in the pivot position ends the column), or the pivot of column k
+    looked for in row k (a column without a pivot uses up a row)."""
+    rows = [[Fraction(x) if exact else float(x) for x in row] for row in M]
+    m, n = len(rows), len(rows[0])
+    r = pivots = 0
+    for c in range(min(m, n) if diagonal else n):
+        r = c if diagonal else r
+        if r == m:
+            break
+        p = next((i for i in (range(r, m) if swap else [r]) if rows[i][c] != 0), None)
+        if p is None:
+            continue
+        rows[r], rows[p] = rows[p], rows[r]
+        for i in range(r + 1, m):
+            f = rows[i][c] / rows[r][c]
+            rows[i] = [a - f * b for a, b in zip(rows[i], rows[r])]
+        r, pivots = r + 1, pivots + 1
+    return pivots
+
+
+def rank_by_elimination(M):
+    return learner_elimination(M)
+
+
+def diagonal_pivots(M):
+    return learner_elimination(M, diagonal=True)
+
+
+def float_elimination(M):
+    return learner_elimination(M, exact=False)
+
+
+def no_swap(M):
+    return learner_elimination(M, swap=False)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_elimination_cases_cover_what_the_message_promises(seed):
+    cases = checks._elimination_cases(seed)
+    ranks = [exact_rank(M) for M in cases]
+    assert ranks == [sympy.Matrix(M).rank() for M in cases]  # an independent reference
+    assert 0 in ranks and any(r < min(len(M), len(M[0])) for r, M in zip(ranks, cases))
+    assert any(any(isinstance(x, Fraction) and x.denominator > 1 for row in M for x in row) for M in cases)
+    # each slip fails on at least one case: the check can catch all of them
+    for slip in (len, diagonal_pivots, float_elimination, no_swap):
+        assert any(slip(M) != r for M, r in zip(cases, ranks)), slip.__name__
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_rank_by_elimination(capsys, seed):
+    out = passes(capsys, checks.check_rank_by_elimination, rank_by_elimination, seed)
+    assert "agrees with exact_rank on all 10 matrices" in out
+    passes(capsys, checks.check_rank_by_elimination, lambda M: float(rank_by_elimination(M)), seed)
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (len, "count the rows, not the pivots"),
+    (lambda M: min(len(M), len(M[0])), r"count min\(m, n\)"),
+    (lambda M: sum(1 for row in M if any(row)), "non-zero rows of M before eliminating"),
+    (diagonal_pivots, "do not skip columns without a pivot"),
+    (float_elimination, "compute in floats"),
+    (no_swap, "do not swap"),
+    (lambda M: rank_by_elimination(M) + (len(M) == 6), "returned 2, but this 6×4 matrix has rank 1. Go column by"),
+    (lambda M: M[5][5], "raised IndexError"),
+    (lambda M: [rank_by_elimination(M)], "should be a whole number"),
+    (3, "should be a function"),
+])
+def test_rank_by_elimination_wrong(wrong, message):
+    with pytest.raises(Feedback, match=message) as info:
+        checks.check_rank_by_elimination(wrong)
+    assert not isinstance(info.value, NotAnswered)
+
+
+def _not_implemented(M):
+    raise NotImplementedError()
+
+
+@pytest.mark.parametrize("unanswered", [None, ..., lambda M: None, _not_implemented])
+def test_rank_by_elimination_unanswered(unanswered):
+    with pytest.raises(NotAnswered):
+        checks.check_rank_by_elimination(unanswered)
+
+
+def test_rank_by_elimination_in_workbook_mode(capsys):
+    from lora_edu.checks import set_mode
+    set_mode("workbook")
+    try:
+        checks.check_rank_by_elimination(no_swap)
+        checks.check_rank_by_elimination(_not_implemented)
+    finally:
+        set_mode("grade")
+    out = capsys.readouterr().out
+    assert out.startswith("❌") and "do not swap" in out and "⏳ Not answered yet" in out

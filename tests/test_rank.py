@@ -327,6 +327,9 @@ def test_step_text_forms():
     ("R2 <- (1/3)*R2", Scale(1, Fraction(1, 3))),
     ("R2 <- R2/3", Scale(1, Fraction(1, 3))),
     ("R2 <- -R2", Scale(1, -1)),
+    ("R3 - 2R2 -> R3", AddMultiple(2, 1, -2)),  # the textbook arrow, target on the right (not read before)
+    ("R3 − 2·R2 → R3", AddMultiple(2, 1, -2)),
+    ("(1/3)R2 -> R2", Scale(1, Fraction(1, 3))),
 ])
 def test_parse_step_accepts_hand_written_forms(text, op):
     assert parse_step(text) == op
@@ -342,6 +345,8 @@ def test_parse_step_accepts_hand_written_forms(text, op):
     ("R0 <-> R1", "numbered from R1"),
     ("subtract twice row 1", "cannot read"),
     ("R2 <- R2 -- R1", "cannot read"),
+    ("R2 -> R3", "not one elementary"),  # R3 replaced by R2: not a row operation
+    ("R2 - R1 -> R2 -> R3", "cannot read"),
 ])
 def test_parse_step_rejects_what_is_not_one_row_operation(text, message):
     with pytest.raises(ValueError, match=message):

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 import textwrap
 from typing import Any, Callable, TypeVar
 
@@ -195,15 +196,33 @@ def _constant_factor(arr: np.ndarray, exp: np.ndarray) -> float | None:
     return c if np.allclose(ratios, c, rtol=1e-6, atol=1e-9) else None
 
 
-def check_integer(value: Any, expected: int, name: str, hint: str = "") -> int:
-    """Check a whole-number answer (a rank, a parameter count, an index)."""
+def as_integer(value: Any, name: str) -> int:
+    """A learner's whole-number answer as an ``int``, or :class:`Feedback` saying why it is not one.
+
+    Accepts any integer type (``int``, NumPy integers, ``sympy.Integer`` — everything registered as
+    ``numbers.Integral``), a real number with an integral value (``3.0``, ``sympy.Float(3)``) and a
+    one-number NumPy array or torch tensor (``np.array(3)``). Rejects ``True``/``False``, ``2.5``, strings and arrays
+    holding more than one number, each with a message naming ``name``.
+    """
     require_answer(value, name)
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        if isinstance(value, (float, np.floating)) and float(value).is_integer():
-            value = int(value)
-        else:
-            raise Feedback(f"`{name}` should be a whole number (int), not {type(value).__name__} {value!r}.")
-    value = int(value)
+    if hasattr(value, "detach"):  # a torch tensor
+        value = value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray):
+        if value.size != 1:
+            raise Feedback(f"`{name}` should be one whole number, not an array of shape {value.shape}.")
+        value = value.reshape(()).item()
+    if isinstance(value, (bool, np.bool_)):
+        raise Feedback(f"`{name}` should be a whole number (int), not the truth value {value!r}.")
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real) and math.isfinite(float(value)) and float(value).is_integer():
+        return int(float(value))
+    raise Feedback(f"`{name}` should be a whole number (int), not {type(value).__name__} {value!r}.")
+
+
+def check_integer(value: Any, expected: int, name: str, hint: str = "") -> int:
+    """Check a whole-number answer (a rank, a parameter count, an index); see :func:`as_integer`."""
+    value = as_integer(value, name)
     if value != expected:
         direction = "too large" if value > expected else "too small"
         extra = f" {hint}" if hint else ""

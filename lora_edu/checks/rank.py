@@ -1,18 +1,56 @@
 """Checks for chapters 01 (rank) and 02 (echelon forms).
 
 The exercise matrices live here too, so that a notebook shows exactly the matrix its check grades:
-``from lora_edu.checks.rank import PICTURE_MATRIX``. Expected answers are computed with
-:mod:`lora_edu.rank`, not typed in; the messages name the usual slips.
+``from lora_edu.checks.rank import PICTURE_MATRIX``. Wherever a computation decides the answer, the
+expected answer — and every number or column named in a message — is computed from these matrices with
+:mod:`lora_edu.rank` or SymPy, not typed in. The one conceptual multiple-choice question
+(:func:`check_float_pivots_choice`) states its answer, with a reason for every option. The messages name
+the usual slips.
+
+Columns in messages count from 1, as in the notebooks' prose; Python indices (``row_echelon(M).pivots``)
+are called *indices* and count from 0.
 """
 from __future__ import annotations
 
+import copy
 import math
-from typing import Any, Callable
+import re
+from fractions import Fraction
+from typing import Any, Callable, Sequence
 
 import numpy as np
+import sympy
 
-from lora_edu.checks import Feedback, check_choice, check_integer, exercise, passed, require_answer
-from lora_edu.rank import AddMultiple, Scale, Swap, numeric_rank, parse_step, row_echelon
+from lora_edu.checks import (
+    Feedback, NotAnswered, as_integer, check_choice, check_integer, exercise, passed, require_answer,
+)
+from lora_edu.rank import AddMultiple, Scale, Swap, exact_rank, numeric_rank, parse_step, row_echelon
+
+
+def _mix(coefficients: Sequence[Any], columns: Sequence[int]) -> str:
+    """``[2, -1], [0, 1]`` -> ``'2·column 1 - column 2'`` (columns given as 0-based indices, printed from 1)."""
+    text = ""
+    for c, j in zip(coefficients, columns):
+        c = sympy.nsimplify(c)
+        if c == 0:
+            continue
+        sign = "-" if c < 0 else "+"
+        size = abs(c)
+        term = f"column {j + 1}" if size == 1 else f"{size}·column {j + 1}"
+        text += (f"-{term}" if sign == "-" else term) if not text else f" {sign} {term}"
+    return text or "0"
+
+
+def _dependencies(M: Any) -> dict[int, str]:
+    """Every non-pivot column of ``M`` (0-based index) as a mix of the pivot columns to its left,
+    read off the RREF: ``{2: 'column 3 = column 1 + column 2'}``."""
+    rref = row_echelon(M, reduced=True)
+    out = {}
+    for j in range(rref.matrix.cols):
+        if j not in rref.pivots:
+            coeffs = [rref.matrix[k, j] for k in range(rref.rank)]
+            out[j] = f"column {j + 1} = {_mix(coeffs, rref.pivots)}"
+    return out
 
 # --------------------------------------------------------------------------- chapter 01
 
@@ -20,8 +58,10 @@ from lora_edu.rank import AddMultiple, Scale, Swap, numeric_rank, parse_step, ro
 COMBINATION_MATRIX = [[1, 4, 2], [2, 5, 1], [3, 6, 0]]
 #: Exercise "line, plane or all of space?".
 PICTURE_MATRIX = [[2, -1, 1], [1, 3, 4], [0, 2, 2]]
-#: Row rank exercise: a 3×5 matrix whose columns span a plane.
-ROW_RANK_SHAPE = (3, 5)
+#: Row rank exercise: a 3×5 matrix whose columns span a plane (any such matrix has the same answer;
+#: the check computes it on this one).
+ROW_RANK_EXAMPLE = [[1, 0, 1, 2, -1], [0, 1, 1, -1, 3], [1, 1, 2, 1, 2]]
+ROW_RANK_SHAPE = (len(ROW_RANK_EXAMPLE), len(ROW_RANK_EXAMPLE[0]))
 #: Product bound exercise: B is 6×2, A is 2×9.
 PRODUCT_SHAPES = ((6, 2), (2, 9))
 
@@ -40,7 +80,7 @@ def _numbers(value: Any, name: str, count: int) -> list[float]:
 
 
 def _combo(a: float, b: float) -> str:
-    """'2·column 1 - 1·column 2' (no '+ -')."""
+    """'2·column 1 - 1·column 2' (no '+ -'), for a learner's two coefficients."""
     sign = "-" if b < 0 else "+"
     return f"{a:g}·column 1 {sign} {abs(b):g}·column 2"
 
@@ -59,7 +99,7 @@ def check_column_combination(coefficients: Any) -> None:
     got = a * A[:, 0] + b * A[:, 1]
     if np.allclose(got, target):
         passed(f"column 3 = {_combo(a, b)}, so the columns are dependent and the rank is "
-               f"{numeric_rank(A)}, not 3.")
+               f"{exact_rank(COMBINATION_MATRIX)}, not {A.shape[1]}.")
         return
     if np.allclose(b * A[:, 0] + a * A[:, 1], target):
         raise Feedback("Your two numbers are in the wrong order: the first coefficient multiplies column 1, "
@@ -71,82 +111,124 @@ def check_column_combination(coefficients: Any) -> None:
 
 
 _PICTURES = {"point": 0, "line": 1, "plane": 2, "space": 3}
+#: Words that may surround the answer: "a plane", "2D plane", "all of space", "the whole space".
+_FILLERS = {"a", "an", "the", "all", "of", "whole", "entire", "d", "dimensional", "just", "one", "single", "flat"}
+
+
+def _picture_word(answer: Any) -> str | None:
+    """The one picture word in ``answer`` ("a 2D plane" -> "plane"), or None."""
+    if not isinstance(answer, str):
+        return None
+    words = re.findall(r"[a-z]+", answer.lower())
+    hits = [w for w in words if w in _PICTURES]
+    if len(hits) != 1 or any(w not in _FILLERS for w in words if w not in _PICTURES):
+        return None
+    return hits[0]
 
 
 @exercise
 def check_column_space_picture(answer: Any) -> None:
     """``answer`` in {"point", "line", "plane", "space"}: the column space of :data:`PICTURE_MATRIX`."""
     require_answer(answer, "column_space")
-    if not isinstance(answer, str) or answer.strip().lower().replace("all of ", "") not in _PICTURES:
+    word = _picture_word(answer)
+    if word is None:
         raise Feedback(f"`column_space` should be one of the words {sorted(_PICTURES)}, not {answer!r}.")
-    word = answer.strip().lower().replace("all of ", "")
-    rank = numeric_rank(PICTURE_MATRIX)
+    rank = exact_rank(PICTURE_MATRIX)
     expected = next(w for w, r in _PICTURES.items() if r == rank)
+    ech = row_echelon(PICTURE_MATRIX, reduced=True)
+    dependency = "; ".join(_dependencies(PICTURE_MATRIX).values())
+    first, second = (p + 1 for p in ech.pivots[:2]) if ech.rank >= 2 else (1, 2)
     reasons = {
         "point": "Only the zero matrix has a single point (the origin) as its column space.",
-        "line": "A line would mean every column is a multiple of one of them; columns 1 and 2 point in "
-                "different directions.",
-        "plane": "",
-        "space": "Filling space needs three independent columns. Try adding column 1 and column 2.",
+        "line": f"A line would mean every column is a multiple of one of them; columns {first} and {second} "
+                "point in different directions.",
+        "plane": "A plane needs exactly two independent directions among the columns.",
+        "space": f"Filling space needs three independent columns, but {dependency}.",
     }
     check_choice(word, expected, "column_space", {w: reasons[w] for w in _PICTURES})
-    passed(f"column 3 = column 1 + column 2, so the three columns lie in one {expected} through the origin: "
-           f"rank {rank}.")
+    passed(f"{dependency}, so the three columns lie in one {expected} through the origin: rank {rank}.")
 
 
-def _slider_columns(t: float) -> np.ndarray:
-    """The slider's matrix: columns (1,0,1), (0,1,1) and a third column that reaches their plane at t = 1."""
-    c1, c2 = np.array([1.0, 0.0, 1.0]), np.array([0.0, 1.0, 1.0])
-    normal = np.cross(c1, c2)
-    return np.column_stack([c1, c2, c1 + c2 + (1 - t) * normal])
+def _slider_matrix(t: Any) -> sympy.Matrix:
+    """The slider's matrix, exactly: columns (1,0,1), (0,1,1) and a1 + a2 + (1 - t)·(a1 × a2).
+    ``t`` may be a SymPy symbol, a Rational or a number."""
+    a1, a2 = sympy.Matrix([1, 0, 1]), sympy.Matrix([0, 1, 1])
+    return sympy.Matrix.hstack(a1, a2, a1 + a2 + (1 - t) * a1.cross(a2))
+
+
+def _slider_drop() -> sympy.Rational:
+    """The one t where the slider's matrix is singular: the root of det M(t) (a polynomial in t)."""
+    t = sympy.Symbol("t")
+    roots = sympy.solve(_slider_matrix(t).det(), t)
+    assert len(roots) == 1, roots
+    return sympy.Rational(roots[0])
 
 
 @exercise
 def check_near_plane(rank_at_099: Any, t_where_rank_drops: Any) -> None:
-    """Slider exercise: the rank at t = 0.99, and the value of t where the rank becomes 2."""
+    """Slider exercise: the rank at t = 0.99, and the value of t where the rank becomes 2.
+
+    The rank drops only where the third column is *exactly* in the plane, so ``t_where_rank_drops`` must be
+    exactly that value (1), not a number close to it."""
     require_answer(rank_at_099, "rank_at_099")
     require_answer(t_where_rank_drops, "t_where_rank_drops")
-    expected_rank = numeric_rank(_slider_columns(0.99))
-    distance = 0.01 * float(np.linalg.norm(np.cross([1, 0, 1], [0, 1, 1])))
+    expected_rank = exact_rank(_slider_matrix(sympy.Rational(99, 100)))
+    normal = float(sympy.Matrix([1, 0, 1]).cross(sympy.Matrix([0, 1, 1])).norm())
     check_integer(rank_at_099, expected_rank, "rank_at_099",
                   hint=f"Close to the plane is not in the plane: at t = 0.99 the third column is still "
-                       f"{distance:.4f} away from it, far more than rounding errors (about 1e-16). "
+                       f"{0.01 * normal:.4f} away from it, far more than rounding errors (about 1e-16). "
                        "Rank counts independence exactly; it does not measure how close to dependent you are.")
-    if isinstance(t_where_rank_drops, bool) or not isinstance(t_where_rank_drops, (int, float, np.number)):
+    t_drop = _slider_drop()
+    value = t_where_rank_drops
+    if isinstance(value, np.ndarray) and value.size == 1:
+        value = value.reshape(()).item()
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, Fraction, np.number, sympy.Number)):
         raise Feedback(f"`t_where_rank_drops` should be a number between 0 and 1, not {t_where_rank_drops!r}.")
-    t = float(t_where_rank_drops)
-    if not math.isclose(t, 1.0, abs_tol=1e-12):
-        if 0 <= t < 1:
-            raise Feedback(f"At t = {t:g} the third column is still {(1 - t) * distance / 0.01:.4f} away from the "
-                           "plane, so the rank is 3. It drops only where the distance is exactly zero.")
-        raise Feedback(f"t = {t:g} is outside the slider's range [0, 1].")
-    passed(f"rank {expected_rank} at t = 0.99; the rank drops to {numeric_rank(_slider_columns(1.0))} only at t = 1, "
-           "where the third column lands exactly in the plane.")
+    try:
+        exact = sympy.Rational(value) if not isinstance(value, (float, np.floating)) else \
+            sympy.Rational(*float(value).as_integer_ratio())
+    except (TypeError, ValueError, OverflowError):
+        raise Feedback(f"`t_where_rank_drops` should be a finite number, not {value!r}.") from None
+    if exact != t_drop:
+        if 0 <= exact < t_drop:
+            gap = float((t_drop - exact) * normal)
+            shown = f"{gap:.4f}" if gap >= 1e-4 else f"{gap:.2g}"
+            close = " — tiny, but not zero" if gap < 1e-3 else ""
+            raise Feedback(f"At t = {float(exact)!r} the third column is still {shown} away from the plane{close}, "
+                           f"so the rank is {expected_rank}. The rank drops only where the distance is exactly zero.")
+        raise Feedback(f"t = {float(exact)!r} is outside the slider's range [0, 1].")
+    passed(f"rank {expected_rank} at t = 0.99; the rank drops to {exact_rank(_slider_matrix(t_drop))} only at "
+           f"t = {t_drop}, where the third column lands exactly in the plane.")
+
+
+_SUPERSCRIPT = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
 
 
 @exercise
 def check_row_rank(answer: Any) -> None:
     """A 3×5 matrix whose columns span a plane: how many independent rows?"""
     m, n = ROW_RANK_SHAPE
-    expected = 2
-    require_answer(answer, "independent_rows")
-    if answer == m:
+    column_rank = exact_rank(ROW_RANK_EXAMPLE)
+    expected = exact_rank(np.transpose(ROW_RANK_EXAMPLE))  # independent rows = rank of the transpose
+    answer = as_integer(answer, "independent_rows")
+    if answer == m != expected:
         raise Feedback(f"{m} is the number of rows, not the number of independent rows. "
                        "Row rank always equals column rank.")
     if answer == n:
         raise Feedback(f"{n} is the number of columns; a {m}×{n} matrix cannot have more than {m} independent "
                        "rows anyway. Row rank always equals column rank.")
     check_integer(answer, expected, "independent_rows",
-                  hint="The columns span a plane, so the column rank is 2 — and row rank equals column rank.")
-    passed("2 independent rows: the row space (inside R⁵) and the column space (inside R³) are different "
-           "spaces with the same dimension.")
+                  hint=f"The columns span a plane, so the column rank is {column_rank} — and row rank equals "
+                       "column rank.")
+    passed(f"{expected} independent rows: the row space (inside R{str(n).translate(_SUPERSCRIPT)}) and the column "
+           f"space (inside R{str(m).translate(_SUPERSCRIPT)}) are different spaces with the same dimension.")
 
 
 @exercise
 def check_product_bound(answer: Any) -> None:
     """B is 6×2 and A is 2×9: the largest possible rank of B @ A."""
     (d, r), (_, k) = PRODUCT_SHAPES
-    require_answer(answer, "max_rank_BA")
+    answer = as_integer(answer, "max_rank_BA")
     if answer == min(d, k):
         raise Feedback(f"{min(d, k)} = min({d}, {k}) bounds any {d}×{k} matrix, but this one is a product: every "
                        f"column of B @ A is a combination of B's {r} columns.")
@@ -244,40 +326,85 @@ def next_step_state() -> Any:
     return row_echelon(NEXT_STEP_START).replay(NEXT_STEP_DONE)
 
 
+_ORDINAL = {0: "first", 1: "second", 2: "third", 3: "fourth", 4: "fifth"}
+
+
+def _next_step_alternatives() -> tuple[AddMultiple, Swap | None, Scale | None, int, int]:
+    """The chapter's next step, and the next step of the two other common conventions (None where that
+    convention does the same thing): partial pivoting's swap and scale-first's scaling. Also the pivot's
+    row and column (0-based)."""
+    expected = row_echelon(NEXT_STEP_START).steps[NEXT_STEP_DONE]
+    assert isinstance(expected, AddMultiple)
+    state = next_step_state()
+    r = expected.source
+    c = next(j for j in range(state.cols) if state[r, j] != 0)
+    largest = max(range(r, state.rows), key=lambda i: abs(state[i, c]))
+    swap = Swap(r, largest) if abs(state[largest, c]) > abs(state[r, c]) else None
+    scale = Scale(r, Fraction(1) / Fraction(str(state[r, c]))) if state[r, c] != 1 else None
+    return expected, swap, scale, r, c
+
+
 @exercise
 def check_next_step(answer: Any) -> None:
-    """``answer`` is the next row operation of forward elimination on :func:`next_step_state`, as text."""
+    """``answer`` is the next row operation of forward elimination on :func:`next_step_state`, as text.
+
+    The chapter's convention (that of ``row_echelon``): the first non-zero entry is the pivot and the
+    forward phase only clears entries below pivots. The next step of partial pivoting (swap the largest entry
+    up) and of scale-first elimination (make the pivot 1) are accepted too, and the message says which
+    convention the answer follows."""
     require_answer(answer, "next_step")
     ech = row_echelon(NEXT_STEP_START)
-    expected = ech.steps[NEXT_STEP_DONE]
+    expected, swap, scale, r, c = _next_step_alternatives()
     state = next_step_state()
+    pivot, below = state[r, c], [state[i, c] for i in range(r + 1, state.rows)]
     try:
         op = parse_step(answer)
     except (TypeError, ValueError) as exc:
         raise Feedback(f"Cannot read `next_step`: {exc}") from None
+    nth = _ORDINAL.get(r, f"#{r + 1}")
     if op == expected:
-        passed(f"{expected} clears the entry below the second pivot; the matrix is now in row echelon form "
-               f"with {ech.rank} pivots.")
+        last = len(ech.steps) == NEXT_STEP_DONE + 1
+        done = f"; the matrix is now in row echelon form with {ech.rank} pivots" if last else ""
+        passed(f"{expected} clears the entry below the {nth} pivot{done}.")
+        return
+    if swap is not None and op == swap:
+        passed(f"{op} is partial pivoting's step: |{state[swap.j, c]}| > |{pivot}|, so the larger entry becomes the "
+               "pivot (what floating-point codes do, as the chapter's last section shows). This chapter's exact "
+               f"traces keep a non-zero pivot where it is; their next step is {expected}.")
+        return
+    if scale is not None and op == scale:
+        passed(f"{op} makes the pivot 1 first, as many textbooks do. This chapter's traces scale only in the "
+               f"backward phase (RREF); their next step is {expected}.")
         return
     try:
         after = op.apply(state)
     except ValueError as exc:
         raise Feedback(str(exc)) from None
+    finished = ", ".join(f"R{i + 1}" for i in range(r))
     if isinstance(op, Swap):
-        raise Feedback(f"{op} is allowed but not needed: the second pivot, {state[1, 1]}, is already non-zero. "
-                       "Swap only when the pivot position holds a 0.")
+        if min(op.i, op.j) < r:
+            raise Feedback(f"{op} moves {finished}, which already holds its pivot and is finished; the {nth} pivot "
+                           f"is {pivot} in R{r + 1}.")
+        raise Feedback(f"{op} does not bring a larger entry into the pivot position (partial pivoting would swap "
+                       f"the largest |entry| of column {c + 1} up). With the pivot {pivot} already non-zero, clear "
+                       "the entries below it.")
     if isinstance(op, Scale):
-        raise Feedback(f"{op} is a legal operation (RREF scales pivots to 1 later), but the forward phase first "
-                       "makes the entries *below* the pivot zero.")
+        raise Feedback(f"{op} is a legal operation, but it is not the next step of elimination: the forward phase "
+                       f"makes the entries below the pivot {pivot} zero (or, in the scale-first convention, first "
+                       "makes that pivot 1).")
     assert isinstance(op, AddMultiple)
-    if op.target != 2:
-        raise Feedback(f"{op} changes R{op.target + 1}, but R1 and R2 are finished; the entry that is still in the "
-                       f"way is {state[2, 1]} in R3, below the second pivot.")
-    if op.source == 0:
-        raise Feedback(f"{op} uses R1, which would put a non-zero number back into column 1 of R3. Use the row "
-                       "holding the second pivot, R2.")
-    raise Feedback(f"After {op} the entry below the second pivot is {after[2, 1]}, not 0. The multiplier is "
-                   f"(entry to clear) / (pivot) = {state[2, 1]}/{state[1, 1]}; subtract that multiple of R2.")
+    if op.target < r:
+        raise Feedback(f"{op} changes R{op.target + 1}, but {finished} {'is' if r == 1 else 'are'} finished: each "
+                       f"already holds its pivot. The entries still in the way are below the {nth} pivot {pivot} "
+                       f"in R{r + 1}.")
+    if op.target == r:
+        raise Feedback(f"{op} changes R{r + 1}, the row holding the {nth} pivot. The forward phase keeps the pivot "
+                       f"row and changes the rows below it: clear {', '.join(str(b) for b in below)} below the pivot.")
+    if op.source != r:
+        raise Feedback(f"{op} uses R{op.source + 1}, which would put a non-zero number back into a finished column of "
+                       f"R{op.target + 1}. Use the row holding the {nth} pivot, R{r + 1}.")
+    raise Feedback(f"After {op} the entry below the {nth} pivot is {after[op.target, c]}, not 0. The multiplier is "
+                   f"(entry to clear) / (pivot) = {state[op.target, c]}/{pivot}; subtract that multiple of R{r + 1}.")
 
 
 @exercise
@@ -285,7 +412,10 @@ def check_rref_choice(answer: Any) -> None:
     """``answer`` is the set of names in :data:`RREF_CANDIDATES` whose matrix is in RREF."""
     require_answer(answer, "in_rref")
     if isinstance(answer, str):
-        answer = set(answer.replace(",", " ").split())
+        words = answer.replace(",", " ").split()
+        if len(words) == 1 and len(words[0]) > 1 and set(words[0].upper()) <= set(RREF_CANDIDATES):
+            words = list(words[0])  # "PQ"
+        answer = set(words)
     try:
         chosen = {str(x).strip().upper() for x in answer}
     except TypeError:
@@ -310,26 +440,41 @@ def check_rref_choice(answer: Any) -> None:
 
 @exercise
 def check_pivots(answer: Any) -> None:
-    """``answer``: the pivot columns of :data:`PIVOT_MATRIX`, counted from 0."""
+    """``answer``: the pivot columns of :data:`PIVOT_MATRIX` as Python indices (column j has index j - 1),
+    as ``row_echelon(...).pivots`` gives them."""
     require_answer(answer, "pivot_columns")
     if isinstance(answer, (int, np.integer)):
         raise Feedback("Give the pivot *columns* (e.g. (0, 1)), not how many there are.")
+    if isinstance(answer, str):
+        raise Feedback(f"`pivot_columns` should be a tuple of column indices such as (0, 1), not {answer!r}.")
     try:
-        got = tuple(sorted(int(x) for x in answer))
-    except (TypeError, ValueError):
+        given = [as_integer(x, "each pivot index") for x in answer]
+    except TypeError:
         raise Feedback(f"`pivot_columns` should be a tuple of column indices such as (0, 1), not {answer!r}.") from None
+    got = tuple(sorted(given))
     expected = row_echelon(PIVOT_MATRIX).pivots
+    columns = ", ".join(str(p + 1) for p in expected)
     if got == expected:
-        passed(f"pivot columns {expected}: those columns of the original matrix are a basis of its column "
-               f"space, and the rank is {len(expected)}.")
+        passed(f"pivot indices {expected}, i.e. columns {columns}: those columns of the original matrix are a "
+               f"basis of its column space, and the rank is {len(expected)}.")
         return
+    twice = sorted({j for j in given if given.count(j) > 1})
+    if twice:
+        raise Feedback(f"You listed index {twice[0]} more than once; each pivot column has one pivot, so list each "
+                       "index once.")
     if got == tuple(p + 1 for p in expected):
-        raise Feedback(f"Those are the pivot columns counted from 1; Python (and `row_echelon(...).pivots`) counts "
-                       f"from 0: subtract 1 from each.")
+        raise Feedback(f"Those are the pivot columns counted from 1 (columns {columns}); Python indices (and "
+                       "`row_echelon(...).pivots`) count from 0: subtract 1 from each.")
+    n = len(PIVOT_MATRIX[0])
+    outside = [j for j in got if not 0 <= j < n]
+    if outside:
+        raise Feedback(f"Index {outside[0]} is not a column of this {len(PIVOT_MATRIX)}×{n} matrix (indices run "
+                       f"from 0 to {n - 1}).")
     extra = sorted(set(got) - set(expected))
     if extra:
-        raise Feedback(f"Column {extra[0]} (counting from 0) is not a pivot column: after elimination no row starts "
-                       "there, because that column is a combination of the columns to its left.")
+        j = extra[0]
+        raise Feedback(f"Index {j} (column {j + 1}) is not a pivot column: after elimination no row starts there, "
+                       f"because {_dependencies(PIVOT_MATRIX)[j]} — a combination of the columns to its left.")
     raise Feedback(f"Some pivot columns are missing: you gave {len(got)}, there are {len(expected)}. Reduce all "
                    "the way down; every non-zero row of the echelon form has one pivot.")
 
@@ -339,14 +484,16 @@ def check_rank_answer(answer: Any) -> None:
     """``answer``: the rank of :data:`RANK_MATRIX`."""
     m, n = len(RANK_MATRIX), len(RANK_MATRIX[0])
     expected = row_echelon(RANK_MATRIX).rank
-    require_answer(answer, "rank_of_L")
-    if answer == m:
-        raise Feedback(f"{m} is the number of rows. Elimination turns one of them into a zero row: count the "
-                       "pivots (the non-zero rows of the echelon form), not the rows.")
+    answer = as_integer(answer, "rank_of_L")
+    if answer == m != expected:
+        raise Feedback(f"{m} is the number of rows. Elimination turns {m - expected} of them into a zero row: count "
+                       "the pivots (the non-zero rows of the echelon form), not the rows.")
     if answer == n:
         raise Feedback(f"A {m}×{n} matrix has rank at most min({m}, {n}) = {min(m, n)}.")
     check_integer(answer, expected, "rank_of_L", hint="Count the pivots of a row echelon form.")
-    passed(f"rank {expected}: {expected} pivots, so one row of L is a combination of the others.")
+    zero_rows = m - expected
+    passed(f"rank {expected}: {expected} pivots, so the {m} rows of L span only a {expected}-dimensional space and "
+           f"elimination turns {zero_rows} of them into {'a zero row' if zero_rows == 1 else 'zero rows'}.")
 
 
 @exercise
@@ -358,45 +505,174 @@ def check_rref_dependency(coefficients: Any) -> None:
     got = _columns_combination(DEPENDENCY_MATRIX, [a, b], (0, 1))
     target = np.array(DEPENDENCY_MATRIX, dtype=float)[:, 2]
     if np.allclose(got, target):
-        passed(f"column 3 = {_combo(a, b)} — the numbers in column 3 of the RREF. Row "
-               "operations keep every relation between the columns, so the RREF shows them plainly.")
+        special = [-R[0, 2], -R[1, 2], 1] + [0] * (R.cols - 3)
+        passed(f"column 3 = {_combo(a, b)} — the numbers in column 3 of the RREF. Row operations keep every "
+               f"relation between the columns, so the RREF shows them plainly; as a solution of D x = 0 it is "
+               f"the special solution ({', '.join(map(str, special))}) of free column 3.")
         return
     if math.isclose(a, float(R[0, 1]), abs_tol=1e-9) and math.isclose(b, float(R[0, 2]), abs_tol=1e-9):
         raise Feedback("You read along a row of the RREF. The coefficients for column 3 are read *down* column 3, "
                        "one per pivot row.")
     if np.allclose([a, b], [-exp_a, -exp_b]):
         raise Feedback("Right numbers, wrong signs: column 3 of the RREF already says column 3 = a·column 1 + "
-                       "b·column 2, no sign change needed.")
+                       "b·column 2, no sign change needed (the special solution of D x = 0 carries the minus signs).")
     if np.allclose([a, b], [exp_b, exp_a]):
         raise Feedback("Swapped: the first pivot row gives the coefficient of column 1.")
     raise Feedback(f"{_combo(a, b)} = {got.tolist()}, but column 3 is {target.tolist()}. Look at "
                    "column 3 of the RREF: its entries in the pivot rows are the coefficients.")
 
 
+#: "What do the pivots tell you?": the pivots of partial-pivoting elimination on a 3×3 matrix.
+FLOAT_PIVOTS = (4.0, 1.5, 3e-17)
+_N_FLOAT = len(FLOAT_PIVOTS)
 _FLOAT_CHOICES = {
     "a": "A pivot that is not exactly 0 proves little: rounding almost never produces an exact 0, even for the "
-         "exactly singular matrix [[1, 2, 3], [4, 5, 6], [7, 8, 9]] above.",
-    "b": "A tiny pivot is a warning, not a verdict: pivot sizes depend on scaling and on the order of the "
-         "elimination, and the triangular matrix above had all pivots equal to 1 while being within 1e-17 of a "
-         "singular matrix.",
+         "exactly singular matrix [[1, 2, 3], [4, 5, 6], [7, 8, 9]] above. And this last pivot is tiny: under "
+         f"partial pivoting that shows the matrix is close to a matrix of rank {_N_FLOAT - 1}.",
+    "b": "A tiny pivot under partial pivoting does show that the matrix is *close* to a matrix of rank "
+         f"{_N_FLOAT - 1}: σ_min ≤ n·|smallest pivot| = {_N_FLOAT}·{min(FLOAT_PIVOTS):g} = "
+         f"{_N_FLOAT * min(FLOAT_PIVOTS):.1g} (plus the elimination's own rounding). It does not show that the rank "
+         f"is *exactly* {_N_FLOAT - 1}: the rounding that left {min(FLOAT_PIVOTS):g} could as well have hidden an "
+         "exact 0 or a true pivot of that size. And the converse fails too: big pivots never prove that a matrix "
+         "is far from singular (T_n has every pivot 1). Exact rank needs exact arithmetic; the numerical rank needs "
+         "singular values and a tolerance.",
     "c": "",
 }
 
 
 @exercise
 def check_float_pivots_choice(answer: Any) -> None:
-    """Multiple choice: what follows from floating-point pivots 4.0, 1.5 and 3e-17?"""
+    """Multiple choice: what follows from floating-point pivots :data:`FLOAT_PIVOTS` (partial pivoting)?"""
     require_answer(answer, "conclusion")
     word = answer.strip().lower() if isinstance(answer, str) else answer
     check_choice(word, "c", "conclusion", _FLOAT_CHOICES)
-    passed("the singular values measure distance to the nearest lower-rank matrix; compare them with a "
-           "tolerance (chapter 03 proves why).")
+    passed("pivots can warn (σ_min ≤ n·|smallest pivot| under partial pivoting) but never certify. The singular "
+           "values measure the distance to the nearest lower-rank matrix in the spectral norm: compare them with a "
+           "tolerance (chapter 03 states and checks Eckart–Young–Mirsky).")
+
+
+# --------------------------------------------------------------------------- chapter 02: elimination in code
+
+
+def _elimination_cases(seed: int) -> list[list[list[Any]]]:
+    """Matrices (lists of rows) for :func:`check_rank_by_elimination`: fixed ones that each catch a usual slip,
+    then random low-rank integer matrices of four shapes (``seed`` picks them), each with a zero column and,
+    where a row allows it, a 0 in the first pivot position (rows reordered, which keeps the rank)."""
+    F = Fraction
+    cases: list[list[list[Any]]] = [
+        [[1, 2, 3], [2, 4, 7]],                       # column 2 has no pivot: the staircase skips it
+        [[0, 2, 1], [1, 1, 1], [2, 2, 2]],            # a 0 in the first pivot position: swap
+        [[1, 2, 3], [2, 4, 6], [3, 6, 9], [1, 1, 1]],  # 4 rows, rank 2
+        [[0, 0, 0], [0, 0, 0]],                       # the zero matrix: rank 0
+        [[F(1, 3), F(1, 10)], [1, F(3, 10)]],         # exact fractions: 3·row 1 = row 2; floats say rank 2
+        [[0, 0, 1, 2], [0, 0, 2, 4], [0, 1, 0, 0]],   # zero columns first, then a swap
+    ]
+    rng = np.random.default_rng(seed)
+    for m, n in [(4, 6), (6, 4), (5, 5), (3, 7)]:
+        r = int(rng.integers(1, min(m, n)))
+        M = rng.integers(-3, 4, size=(m, r)) @ rng.integers(-3, 4, size=(r, n))
+        M[:, int(rng.integers(n))] = 0
+        nonzero = np.flatnonzero(M.any(axis=0))
+        if nonzero.size:
+            zero_first = np.flatnonzero((M[:, nonzero[0]] == 0) & M.any(axis=1))
+            if zero_first.size:  # a non-zero row with a 0 where the first pivot goes: put it on top
+                order = [int(zero_first[0])] + [i for i in range(m) if i != zero_first[0]]
+                M = M[order]
+        cases.append(M.tolist())
+    return cases
+
+
+def _slip_elimination(M: list[list[Any]], *, swap: bool = True, skip: bool = True, exact: bool = True) -> int:
+    """The number of pivots found by elimination with one of the usual slips switched on: no swap (a 0 in the
+    pivot position means no pivot in that column), no skipping (a column without a pivot still uses up a row,
+    as if pivots sat on the diagonal), floats instead of Fractions."""
+    rows = [[Fraction(x) if exact else float(x) for x in row] for row in M]
+    m, n = len(rows), len(rows[0])
+    r = pivots = 0
+    for c in range(n):
+        if r == m:
+            break
+        candidates = range(r, m) if swap else range(r, r + 1)
+        p = next((i for i in candidates if rows[i][c] != 0), None)
+        if p is None:
+            if not skip:
+                r += 1
+            continue
+        rows[r], rows[p] = rows[p], rows[r]
+        for i in range(r + 1, m):
+            f = rows[i][c] / rows[r][c]
+            rows[i] = [a - f * b for a, b in zip(rows[i], rows[r])]
+        r += 1
+        pivots += 1
+    return pivots
+
+
+_SLIPS: dict[str, Callable[[list[list[Any]]], int]] = {
+    "you count the rows, not the pivots: a row can become all zeros": len,
+    "you count min(m, n), the largest possible rank, not the pivots": lambda M: min(len(M), len(M[0])),
+    "you count the non-zero rows of M before eliminating: count them after elimination": (
+        lambda M: sum(1 for row in M if any(x != 0 for x in row))),
+    "you compute in floats: 1/3 and 1/10 are rounded, so an entry that should become exactly 0 does not. "
+    "Convert every entry with Fraction(x) first": lambda M: _slip_elimination(M, exact=False),
+    "you do not swap: when the pivot position holds a 0, look for a non-zero entry further down the column and "
+    "swap that row up": lambda M: _slip_elimination(M, swap=False),
+    "you do not skip columns without a pivot: when no row at or below the current one has a non-zero entry in "
+    "this column, move to the next column but stay on the same row (the staircase can step more than one column "
+    "right)": lambda M: _slip_elimination(M, skip=False),
+}
+
+
+def _show(M: list[list[Any]]) -> str:
+    return "[" + ", ".join("[" + ", ".join(str(x) for x in row) + "]" for row in M) + "]"
+
+
+@exercise
+def check_rank_by_elimination(fn: Any, seed: int = 0) -> None:
+    """``fn(M)`` returns the rank of ``M`` (a list of rows of ints or Fractions) by Gaussian elimination in
+    exact arithmetic. Compared with :func:`lora_edu.rank.exact_rank` on :func:`_elimination_cases` (``seed``
+    picks the random ones); a wrong rank gets the usual slip named when one explains every answer."""
+    require_answer(fn, "rank_by_elimination")
+    if not callable(fn):
+        raise Feedback("`rank_by_elimination` should be a function: def rank_by_elimination(M): ...")
+    cases = _elimination_cases(seed)
+    answers: list[int] = []
+    for M in cases:
+        try:
+            got = fn(copy.deepcopy(M))
+        except NotImplementedError:
+            raise
+        except Exception as exc:  # the learner's bug, shown as feedback rather than a traceback
+            raise Feedback(f"rank_by_elimination({_show(M)}) raised {type(exc).__name__}: {exc}. "
+                           "Check the loop bounds: the row index must stop at the number of rows, the column "
+                           "index at the number of columns.") from None
+        if got is None:
+            raise NotAnswered("`rank_by_elimination(M)` returned None: write its body in the exercise cell "
+                              "(and end with `return` the number of pivots), run that cell, then run this one.")
+        answers.append(as_integer(got, f"rank_by_elimination({_show(M)})"))
+    for M, got in zip(cases, answers):
+        expected = exact_rank(M)
+        if got == expected:
+            continue
+        shape = f"{len(M)}×{len(M[0])}"
+        desc = f"rank_by_elimination({_show(M)}) returned {got}, but this {shape} matrix has rank {expected}"
+        for slip, slipped in _SLIPS.items():
+            if all(slipped(C) == a for C, a in zip(cases, answers)):
+                raise Feedback(f"{desc}: it looks like {slip}.")
+        for slip, slipped in _SLIPS.items():
+            if slipped(M) == got != expected:
+                raise Feedback(f"{desc}. Perhaps {slip}.")
+        raise Feedback(f"{desc}. Go column by column: find a row at or below the current one with a non-zero "
+                       "entry, swap it up, subtract multiples of it to clear the entries below it, count one pivot "
+                       "and move one row down; a column with no such row has no pivot.")
+    passed(f"your elimination agrees with exact_rank on all {len(cases)} matrices — swaps, columns without a pivot, "
+           "zero rows and exact fractions included.")
 
 
 __all__ = [
-    "COMBINATION_MATRIX", "PICTURE_MATRIX", "ROW_RANK_SHAPE", "PRODUCT_SHAPES", "NEXT_STEP_START",
-    "NEXT_STEP_DONE", "RREF_CANDIDATES", "PIVOT_MATRIX", "RANK_MATRIX", "DEPENDENCY_MATRIX",
-    "check_column_combination", "check_column_space_picture", "check_near_plane", "check_row_rank",
+    "COMBINATION_MATRIX", "PICTURE_MATRIX", "ROW_RANK_EXAMPLE", "ROW_RANK_SHAPE", "PRODUCT_SHAPES",
+    "NEXT_STEP_START", "NEXT_STEP_DONE", "RREF_CANDIDATES", "PIVOT_MATRIX", "RANK_MATRIX", "DEPENDENCY_MATRIX",
+    "FLOAT_PIVOTS", "check_column_combination", "check_column_space_picture", "check_near_plane", "check_row_rank",
     "check_product_bound", "check_default_tol", "next_step_state", "check_next_step", "check_rref_choice",
     "check_pivots", "check_rank_answer", "check_rref_dependency", "check_float_pivots_choice",
+    "check_rank_by_elimination",
 ]
