@@ -54,7 +54,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-__all__ = ["lora_linear", "use_fused", "backend"]
+__all__ = ["lora_linear", "use_fused", "choose_backend"]
 
 _HALF = (torch.bfloat16, torch.float16)
 # Smallest N·max(in, out) for which the Triton back-end beat stock cuBLAS in eager mode on an H200
@@ -79,7 +79,7 @@ def _capturing(x: Tensor) -> bool:
     return x.is_cuda and torch.cuda.is_current_stream_capturing()
 
 
-def backend(x: Tensor, in_features: int, out_features: int, dtype: torch.dtype | None = None) -> str:
+def choose_backend(x: Tensor, in_features: int, out_features: int, dtype: torch.dtype | None = None) -> str:
     """``"triton"`` or ``"torch"``: which back-end :func:`lora_linear` uses for an input ``x (N, in)``.
 
     ``dtype`` is the compute dtype (default: x's). See the module docstring for the rule and for the
@@ -210,7 +210,7 @@ def _as(t: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 def lora_linear(x: Tensor, weight: Tensor, bias: Tensor | None, lora_A: Tensor, lora_B: Tensor,
-                scaling: float, lora_input: Tensor | None = None) -> Tensor:
+                scaling: float, lora_input: Tensor | None = None, backend: str = "auto") -> Tensor:
     """The fused LoRA layer: ``x @ weight.T + bias + scaling * lora_input @ lora_A.T @ lora_B.T``.
 
     Args:
@@ -222,6 +222,8 @@ def lora_linear(x: Tensor, weight: Tensor, bias: Tensor | None, lora_A: Tensor, 
         scaling: ``alpha / r`` (or ``alpha / sqrt(r)`` for rsLoRA), a Python number.
         lora_input: what the LoRA branch sees, e.g. ``dropout(x)``; ``None`` (the default) means
             ``x`` itself, which is the fastest case (the two gradients reaching ``x`` share one buffer).
+        backend: ``"auto"`` (the rule of :func:`choose_backend`), ``"torch"`` or ``"triton"`` (benchmarks
+            use these two to time each back-end; ``"triton"`` needs Triton and a CUDA tensor).
 
     Returns:
         ``(..., out_features)`` in the compute dtype (the autocast dtype under autocast, else x's dtype).
@@ -263,7 +265,14 @@ def lora_linear(x: Tensor, weight: Tensor, bias: Tensor | None, lora_A: Tensor, 
                                 "(e.g. layer.to(x.dtype)), or run under torch.autocast")
     x2 = x if x.dim() == 2 else x.reshape(-1, in_f)             # (..., in) -> (N, in)
     xl = lora_input if lora_input is None or lora_input.dim() == 2 else lora_input.reshape(-1, in_f)
-    use_triton = backend(x2, in_f, out_f, dtype) == "triton"
+    if backend == "auto":
+        use_triton = choose_backend(x2, in_f, out_f, dtype) == "triton"
+    elif backend in ("torch", "triton"):
+        use_triton = backend == "triton"
+        if use_triton and _kernels() is None:
+            raise RuntimeError("backend='triton' needs the triton package (pip install triton)")
+    else:
+        raise ValueError(f"backend must be 'auto', 'torch' or 'triton', got {backend!r}")
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad or lora_A.requires_grad
                                     or lora_B.requires_grad or (bias is not None and bias.requires_grad)
                                     or (lora_input is not None and lora_input.requires_grad)):

@@ -363,7 +363,7 @@ def test_triton_backend_matches_the_reference(bias, shape, s, monkeypatch):
     _triton_cpu()
     monkeypatch.setenv("LORA_EDU_TRITON", "1")
     t = make(**shape, bias=bias, train_W=True)
-    assert fused.backend(t["x"], shape["k"], shape["d"]) == "triton"
+    assert fused.choose_backend(t["x"], shape["k"], shape["d"]) == "triton"
     for w, o in zip(run(reference, t, s), run(lora_linear, t, s)):
         assert o.shape == w.shape and o.dtype == w.dtype
         assert rel_err(o, w) < 1e-5
@@ -416,10 +416,10 @@ def test_triton_backend_half_precision_and_fp32_adapters(monkeypatch):
 def test_backend_rule(monkeypatch):
     x = torch.randn(8, 16)
     monkeypatch.setenv("LORA_EDU_TRITON", "0")
-    assert fused.backend(x, 16, 16) == "torch"
+    assert fused.choose_backend(x, 16, 16) == "torch"
     monkeypatch.delenv("LORA_EDU_TRITON")
-    assert fused.backend(x, 16, 16) == "torch"                 # CPU tensors: stock torch unless forced
-    assert fused.backend(torch.empty(0, 16), 16, 16) == "torch"
+    assert fused.choose_backend(x, 16, 16) == "torch"                 # CPU tensors: stock torch unless forced
+    assert fused.choose_backend(torch.empty(0, 16), 16, 16) == "torch"
     w = torch.empty(16, 16)
     assert fused.use_fused(x, w, 4) is False                   # LoRALinear(impl="auto") on a CPU: the reference
 
@@ -437,7 +437,7 @@ def test_cuda_triton_backend(dtype, adapter_dtype, dropout, monkeypatch):
     if adapter_dtype is not None:
         t["A"] = t["A"].detach().to(adapter_dtype).requires_grad_(True)
         t["B"] = t["B"].detach().to(adapter_dtype).requires_grad_(True)
-    assert fused.backend(t["x"], 512, 384) == "triton"
+    assert fused.choose_backend(t["x"], 512, 384) == "triton"
     xl = t["x"] * (torch.rand_like(t["x"]) > 0.1).to(dtype) / 0.9 if dropout else None
     leaves = [v for k, v in t.items() if k != "g" and v is not None and v.requires_grad]
     out = reference(t["x"], t["W"], t["b"], t["A"].to(dtype), t["B"].to(dtype), 2.0, xl)
@@ -466,7 +466,7 @@ def test_cuda_triton_backend_under_autocast_and_in_a_cuda_graph():
     torch.cuda.current_stream().wait_stream(stream)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        assert fused.backend(x, 256, 256, torch.bfloat16) == "triton"
+        assert fused.choose_backend(x, 256, 256, torch.bfloat16) == "triton"
         with torch.autocast("cuda", dtype=torch.bfloat16):
             static_out = lora_linear(x, t["W"], t["b"], t["A"], t["B"], 2.0)
         static_grads = torch.autograd.grad(static_out, leaves, g)
