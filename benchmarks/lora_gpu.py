@@ -93,7 +93,8 @@ SUMMARY_KEYS = ("config", "method", "d", "r", "mode", "median_ms", "min_ms", "ma
                 "ratio_max", "host_ms", "repeats")
 KERNEL_KEYS = ("impl", "name", "phase", "d", "r", "T", "flops", "bytes", "median_ms", "repeat")
 MODEL_KEYS = ("model", "method", "batch", "seq", "dtype", "trainable", "total_params", "peak_bytes", "peak_gib",
-              "predicted_bytes", "predicted_gib", "prediction_error", "step_ms", "step_ratio_to_full", "repeat")
+              "predicted_bytes", "predicted_gib", "prediction_error", "step_ms", "step_host_ms", "step_ratio_to_full",
+              "repeat")
 
 CONFIGS = {
     "bf16": dict(adapter_dtype=None, dropout=0.0, autocast=False,
@@ -618,8 +619,11 @@ def bench_kernels(cfg: dict, device: torch.device, dtype: torch.dtype, repeat: i
     for impl in ("base", "reference", "fused"):
         for k in layer_kernels(impl, T, d, d, r, dtype_bytes=2):
             ms = batched_ms(run[k.name], device, cfg["graph_batch"])
+            # the naive way, for comparison: two events around one launch, launches back to back
+            single = statistics.median(time_calls(run[k.name], 2 * cfg["host_iters"], device))
             records.append({"impl": impl, "name": k.name, "phase": k.phase, "d": d, "r": r, "T": T,
-                            "flops": k.flops, "bytes": k.bytes, "median_ms": ms, "repeat": repeat})
+                            "flops": k.flops, "bytes": k.bytes, "median_ms": ms, "single_launch_ms": single,
+                            "repeat": repeat})
     kernels = fused_mod._kernels()
     if device.type == "cuda" and kernels is not None:      # the Triton back-end's three kernels
         for name, fn in (("forward: t = x·Aᵀ and out = s·t·Bᵀ", lambda: kernels.forward(x, A, B, None, s)),
@@ -743,8 +747,11 @@ def _optimizer_tensors(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
     return [t for st in opt.state.values() for t in st.values() if torch.is_tensor(t)]
 
 
-def _train_measure(model: nn.Module, loss_of: Callable[[], torch.Tensor], cfg: dict, device: torch.device) -> dict:
-    """Steady-state peak memory and median step time of AdamW training steps under bf16 autocast."""
+def _train_measure(model: nn.Module, loss_of: Callable[[], torch.Tensor], cfg: dict, device: torch.device,
+                   unrelated: int = 0) -> dict:
+    """Steady-state peak memory and median step time of AdamW training steps under bf16 autocast, and
+    the host time to issue one step. ``unrelated``: bytes allocated on the device before the model was
+    built (the layer benchmark's tensors), subtracted from the peak."""
     params = trainable(model)
     opt = torch.optim.AdamW(params, lr=1e-5)
 
@@ -758,9 +765,37 @@ def _train_measure(model: nn.Module, loss_of: Callable[[], torch.Tensor], cfg: d
     for _ in range(cfg["model_warmup"]):   # the first step creates AdamW's state
         step()
     existing = list(model.parameters()) + list(model.buffers()) + _optimizer_tensors(opt)
-    peak = measure_peak(step, existing=existing, device=device)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        reserved_before = torch.cuda.memory_reserved(device)
+    peak = measure_peak(step, existing=existing, device=device) - unrelated
+    out = {"peak_bytes": int(peak), "peak_reserved_bytes": None, "device_used_bytes": None, "step_gpu_ms": None}
+    if device.type == "cuda":   # what the allocator holds, and what the device reports in use (context included)
+        out["peak_reserved_bytes"] = int(torch.cuda.max_memory_reserved(device) - reserved_before + peak)
+        nv = _nvml()
+        if nv is not None:
+            with contextlib.suppress(Exception):
+                out["device_used_bytes"] = int(nv.nvmlDeviceGetMemoryInfo(nv.nvmlDeviceGetHandleByIndex(
+                    device.index or 0)).used)
+        out["step_gpu_ms"] = _gpu_busy_ms(step, device)
     times = time_calls(step, cfg["model_iters"], device)
-    return {"peak_bytes": int(peak), "step_ms": statistics.median(times)}
+    host = host_times(step, max(1, cfg["model_iters"] // 2), device)
+    return out | {"step_ms": statistics.median(times), "step_host_ms": statistics.median(host)}
+
+
+def _gpu_busy_ms(step: Callable[[], object], device: torch.device) -> float | None:
+    """The sum of every kernel's GPU time in one step (``torch.profiler``): the step's GPU work alone,
+    whatever the host does between kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    try:
+        _sync(device)
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            step()
+            _sync(device)
+        return sum(e.time_range.elapsed_us() for e in prof.events() if e.device_type.name == "CUDA") / 1e3
+    except Exception:  # noqa: BLE001 - a profiler that does not work here: the field stays empty
+        return None
 
 
 def lm_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
@@ -797,6 +832,7 @@ def bench_models(cfg: dict, device: torch.device, repeat: int = 0, log=print) ->
     if device.type == "cuda" and fused_mod._kernels() is not None:
         variants.append(("lora_fused_triton", "fused", "1"))
     for method, impl, triton_env in variants:
+        unrelated = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
         torch.manual_seed(0)
         model = Transformer(tcfg).to(device)
         if impl is not None:
@@ -804,7 +840,7 @@ def bench_models(cfg: dict, device: torch.device, repeat: int = 0, log=print) ->
         est = training_memory(shape, B, S, method="full" if impl is None else "lora", r=8,
                               targets=("q_proj", "v_proj"))
         with _env("LORA_EDU_TRITON", triton_env):
-            out = _train_measure(model, lambda: lm_loss(model(ids), ids), cfg, device)
+            out = _train_measure(model, lambda: lm_loss(model(ids), ids), cfg, device, unrelated)
         n_train, n_total = count_parameters(model)
         records.append(_model_record("lora_edu_transformer", method, B, S, n_train, n_total, out, est.total, repeat))
         log(_model_line(records[-1]))
@@ -823,6 +859,7 @@ def bench_models(cfg: dict, device: torch.device, repeat: int = 0, log=print) ->
                       vocab_size=shape.vocab, n_positions=shape.context)
     hf_shape = TransformerShape.from_config(gcfg)
     for method in ("full", "peft"):
+        unrelated = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
         torch.manual_seed(0)
         model = GPT2LMHeadModel(gcfg).to(device)
         model.train()
@@ -831,7 +868,7 @@ def bench_models(cfg: dict, device: torch.device, repeat: int = 0, log=print) ->
                                                                fan_in_fan_out=True))
         est = training_memory(hf_shape, B, S, method="full" if method == "full" else "lora", r=8,
                               targets=("qkv",))
-        out = _train_measure(model, lambda: model(input_ids=ids, labels=ids).loss, cfg, device)
+        out = _train_measure(model, lambda: model(input_ids=ids, labels=ids).loss, cfg, device, unrelated)
         n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
         n_total = sum(p.numel() for p in model.parameters())
         records.append(_model_record("gpt2_hf", method, B, S, n_train, n_total, out, est.total, repeat))
@@ -842,6 +879,8 @@ def bench_models(cfg: dict, device: torch.device, repeat: int = 0, log=print) ->
     for rec in records:
         full = next(x for x in records if x["model"] == rec["model"] and x["method"] == "full")
         rec["step_ratio_to_full"] = rec["step_ms"] / full["step_ms"]
+        rec["gpu_ratio_to_full"] = (rec["step_gpu_ms"] / full["step_gpu_ms"]
+                                    if rec["step_gpu_ms"] and full["step_gpu_ms"] else None)
     return records
 
 
@@ -850,13 +889,20 @@ def _model_record(model, method, B, S, n_train, n_total, out, predicted, repeat)
             "trainable": int(n_train), "total_params": int(n_total), "peak_bytes": out["peak_bytes"],
             "peak_gib": gib(out["peak_bytes"]), "predicted_bytes": int(predicted), "predicted_gib": gib(predicted),
             "prediction_error": predicted / out["peak_bytes"] - 1, "step_ms": out["step_ms"],
+            "step_host_ms": out["step_host_ms"], "step_gpu_ms": out["step_gpu_ms"],
+            "peak_reserved_bytes": out["peak_reserved_bytes"], "device_used_bytes": out["device_used_bytes"],
             "step_ratio_to_full": None, "repeat": repeat}
 
 
 def _model_line(rec: dict) -> str:
     return (f"[{rec['repeat']}] {rec['model']:20s} {rec['method']:17s} trainable {rec['trainable']:>11,d}  "
             f"peak {rec['peak_gib']:7.3f} GiB (predicted {rec['predicted_gib']:7.3f}, "
-            f"{100 * rec['prediction_error']:+.1f}%)  step {rec['step_ms']:.1f} ms")
+            f"{100 * rec['prediction_error']:+.1f}%)  step {rec['step_ms']:.1f} ms (host {rec['step_host_ms']:.1f})")
+
+
+def _median_or_none(xs: list) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
 
 
 def summarize_models(records: list[dict]) -> list[dict]:
@@ -869,6 +915,9 @@ def summarize_models(records: list[dict]) -> list[dict]:
         out.append({"model": model, "method": method, "step_ms": statistics.median(ms), "step_ms_min": min(ms),
                     "step_ms_max": max(ms), "step_ratio_to_full": statistics.median(ratios),
                     "step_ratio_min": min(ratios), "step_ratio_max": max(ratios),
+                    "step_host_ms": statistics.median(x["step_host_ms"] for x in recs),
+                    "step_gpu_ms": _median_or_none([x["step_gpu_ms"] for x in recs]),
+                    "gpu_ratio_to_full": _median_or_none([x.get("gpu_ratio_to_full") for x in recs]),
                     "peak_gib": statistics.median(x["peak_gib"] for x in recs),
                     "predicted_gib": recs[0]["predicted_gib"], "repeats": len(recs)})
     return out
@@ -925,6 +974,16 @@ def check_targets(summary: list[dict]) -> dict:
     out.update(merged_worst_ratio=max(merged) if merged else None, merged_target=1.02,
                merged_met=bool(merged and max(merged) <= 1.02))
     return out
+
+
+def quick_layers(d: int = 4096, r: int = 8, device: torch.device | str = "cuda") -> list[dict]:
+    """One short comparison for a notebook's live cell: the bf16 layers at ``(d, r)``, T = 8192, eager and
+    (on CUDA) in CUDA graphs, one repeat. Returns the summary rows (ratios to the frozen base)."""
+    device = torch.device(device)
+    cfg = dict(FULL, dims=(d,), ranks=(r,), realistic_ranks=(), compile_ranks=(), repeats=1, iters=10)
+    groups = setup_groups(cfg, device, torch.bfloat16, log=lambda *a: None)
+    records, _ = bench_layers(groups, cfg, device, torch.bfloat16, 0, log=lambda *a: None)
+    return [x for x in summarize(records) if x["mode"] != "forward"]
 
 
 def auto_pick(d: int, r: int, T: int, device: torch.device, dtype: torch.dtype) -> str:

@@ -172,18 +172,21 @@ def _rpad(r: int) -> int:
     return max(16, triton.next_power_of_2(r))
 
 
-# Tile sizes (rows BM, columns BN/BK, warps, pipeline stages); the first numbers are what
-# benchmarks/lora_gpu.py --explore measured fastest on an H200 (see benchmarks/NOTES.md).
+# Tile sizes (rows BM, columns BN/BK, warps, pipeline stages): the fastest of five candidates each,
+# timed on an H200 at T = 8192 (``benchmarks/lora_gpu.py --explore``, benchmarks/NOTES.md). The forward
+# kernel has one set for widths up to 2048 and one above.
 CONFIG = {
-    "forward": dict(BM=32, BK=128, BN=128, num_warps=4, num_stages=4),
+    "forward": dict(BM=32, BK=256, BN=256, num_warps=8, num_stages=3),
+    "forward_small": dict(BM=64, BK=128, BN=64, num_warps=8, num_stages=3),
     "grad_g": dict(BM=32, BN=256, num_warps=4, num_stages=3),
     "grad_x": dict(BM=32, BN=256, num_warps=4, num_stages=3),
 }
 BLOCKS_PER_SM = 2
 
 
-def _cfg(name: str, r: int, override: dict | None) -> dict:
-    c = dict(CONFIG[name])
+def _cfg(name: str, r: int, override: dict | None, width: int = 0) -> dict:
+    key = "forward_small" if name == "forward" and width <= 2048 else name
+    c = dict(CONFIG[key])
     if _rpad(r) >= 64 and name != "forward":   # a (BN, r) float32 accumulator must fit in registers
         c["BN"] = min(c["BN"], 128)
         c["num_warps"] = max(c["num_warps"], 8)
@@ -215,7 +218,7 @@ def forward(x: Tensor, A: Tensor, B: Tensor, bias: Tensor | None, scaling: float
     """
     N, K = x.shape
     R, D = A.shape[0], B.shape[0]
-    c = _cfg("forward", R, config)
+    c = _cfg("forward", R, config, max(K, D))
     t = torch.empty((N, R), device=x.device, dtype=x.dtype)
     out = torch.empty((N, D), device=x.device, dtype=x.dtype)
     kernel = _compiled("forward", x.device)

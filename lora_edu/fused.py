@@ -32,10 +32,10 @@ Two back-ends run that plan:
   ``(N, d)`` tensor. Runs wherever PyTorch does.
 * ``"triton"`` — three Triton kernels (:mod:`lora_edu._fused_kernels`) that do the LoRA branch in
   *five* passes (``g`` is read once for both ``dt`` and ``dB``; ``t`` and the output are one kernel),
-  each split over enough thread blocks to fill the GPU. Used on CUDA in bfloat16/float16 when Triton
-  is installed and the layer is large enough to pay for Triton's launch cost — or always while a CUDA
-  graph is being captured, where launch cost disappears. ``LORA_EDU_TRITON=0`` turns it off,
-  ``LORA_EDU_TRITON=1`` forces it (on a CPU too, under ``TRITON_INTERPRET=1``, which is how it is tested).
+  each split over enough thread blocks to fill the GPU. Used on CUDA in bfloat16/float16, for r <= 16,
+  when Triton is installed and the layer is large enough to pay for Triton's launch cost on the host
+  (the rule below; measured). ``LORA_EDU_TRITON=0`` turns it off, ``LORA_EDU_TRITON=1`` forces it (on a
+  CPU too, under ``TRITON_INTERPRET=1``, which is how it is tested).
 
 Shapes (PyTorch's convention): ``x (..., in_features)``, ``weight (out, in)``, ``bias (out,)``,
 ``lora_A (r, in)``, ``lora_B (out, r)``; the result is ``(..., out)``.
@@ -57,13 +57,17 @@ from torch.autograd.function import once_differentiable
 __all__ = ["lora_linear", "use_fused", "choose_backend"]
 
 _HALF = (torch.bfloat16, torch.float16)
-# Smallest N·max(in, out) for which the Triton back-end beat stock cuBLAS in eager mode on an H200
-# (benchmarks/NOTES.md, "Triton back-end"); below it Triton's launch cost (host time) dominates.
+# The rules below are measurements on an H200 (benchmarks/results/nvidia-h200.json, benchmarks/NOTES.md):
+# - the Triton back-end beat stock cuBLAS (by 1-2 %) only for r <= 16 and N·max(in, out) >= 2**25
+#   (T = 8192 tokens at d = 4096); at r = 64 it was slower, and at d = 1024 Triton's launch cost on
+#   the host (50-140 µs per kernel on that machine) outweighed a few µs of GPU time;
+# - the fused path beat the reference chain when N·in·out >= 2**35 (d = 4096), or inside a CUDA graph
+#   (no host time); for smaller layers run eagerly the host is the bottleneck, and the autograd
+#   Function's Python costs about what the reference's extra launches cost, so the readable chain is
+#   kept there.
 TRITON_MIN_ELEMENTS = 2**25
-# Smallest N·in·out for which the fused path (either back-end) beat the reference chain on an H200 in
-# eager mode (benchmarks/NOTES.md): below it every variant waits for the host, and the fused
-# Function's Python costs about what the reference's extra launches cost.
-FUSED_MIN_WORK = 0
+TRITON_MAX_RANK = 16
+FUSED_MIN_WORK = 2**35
 
 
 def _kernels():
@@ -75,47 +79,46 @@ def _kernels():
     return _fused_kernels
 
 
-def _capturing(x: Tensor) -> bool:
-    return x.is_cuda and torch.cuda.is_current_stream_capturing()
-
-
-def choose_backend(x: Tensor, in_features: int, out_features: int, dtype: torch.dtype | None = None) -> str:
+def choose_backend(x: Tensor, in_features: int, out_features: int, dtype: torch.dtype | None = None,
+                   r: int = 8) -> str:
     """``"triton"`` or ``"torch"``: which back-end :func:`lora_linear` uses for an input ``x (N, in)``.
 
-    ``dtype`` is the compute dtype (default: x's). See the module docstring for the rule and for the
-    ``LORA_EDU_TRITON`` environment variable.
+    ``dtype`` is the compute dtype (default: x's). ``LORA_EDU_TRITON=0`` gives ``"torch"``,
+    ``LORA_EDU_TRITON=1`` ``"triton"`` wherever the kernels can run (a CUDA tensor, or a CPU tensor under
+    ``TRITON_INTERPRET=1``); otherwise the measured rule above (CUDA, bfloat16/float16, ``r <= 16``,
+    ``N·max(in, out) >= 2**25``).
     """
-    dtype = x.dtype if dtype is None else dtype
-    choice = os.environ.get("LORA_EDU_TRITON", "auto").strip().lower()
-    if choice in ("0", "off", "false", "no"):
+    choice = os.environ.get("LORA_EDU_TRITON", "auto")
+    if choice == "0":
         return "torch"
     n = x.numel() // max(1, in_features)
     big = n * max(in_features, out_features)
     if big >= 2**31 or n == 0:                            # the kernels index with 32-bit offsets
         return "torch"
-    if choice in ("1", "on", "true", "yes", "force"):
+    if choice == "1":
         kernels = _kernels()
         if kernels is not None and (x.is_cuda or (x.device.type == "cpu" and kernels.interpreting())):
             return "triton"
         return "torch"
-    if not (x.is_cuda and dtype in _HALF):
-        return "torch"
-    if not (_capturing(x) or big >= TRITON_MIN_ELEMENTS):
-        return "torch"
-    return "triton" if _kernels() is not None else "torch"
+    dtype = x.dtype if dtype is None else dtype
+    if x.is_cuda and dtype in _HALF and r <= TRITON_MAX_RANK and big >= TRITON_MIN_ELEMENTS \
+            and _kernels() is not None:
+        return "triton"
+    return "torch"
 
 
 def use_fused(x: Tensor, weight: Tensor, r: int) -> bool:
-    """Whether ``LoRALinear(impl="auto")`` should take the fused path for an input ``x (..., in)``.
+    """Whether ``LoRALinear(impl="auto")`` takes the fused path for an input ``x (..., in)``.
 
-    On a CUDA GPU the fused path was measured faster than the reference chain (benchmarks/NOTES.md,
-    chapter 07) for every shape where the work ``N·in·out`` is at least ``FUSED_MIN_WORK``; on a CPU
-    (and Apple's MPS) the readable reference runs. ``r`` is accepted for rules that depend on the rank.
+    On a CUDA GPU: when the layer's work ``N·in·out`` is at least ``FUSED_MIN_WORK``, or while a CUDA
+    graph is being captured (both measured faster there than the reference chain; see the rule above).
+    On a CPU (and Apple's MPS) never: the readable reference runs. ``r`` is part of the signature for
+    rules that depend on the rank (none does today).
     """
     if not x.is_cuda:
         return False
     n = x.numel() // max(1, weight.shape[1])
-    return n * weight.shape[0] * weight.shape[1] >= FUSED_MIN_WORK
+    return n * weight.shape[0] * weight.shape[1] >= FUSED_MIN_WORK or torch.cuda.is_current_stream_capturing()
 
 
 class _FusedLoRALinear(torch.autograd.Function):
@@ -266,7 +269,7 @@ def lora_linear(x: Tensor, weight: Tensor, bias: Tensor | None, lora_A: Tensor, 
     x2 = x if x.dim() == 2 else x.reshape(-1, in_f)             # (..., in) -> (N, in)
     xl = lora_input if lora_input is None or lora_input.dim() == 2 else lora_input.reshape(-1, in_f)
     if backend == "auto":
-        use_triton = choose_backend(x2, in_f, out_f, dtype) == "triton"
+        use_triton = choose_backend(x2, in_f, out_f, dtype, r) == "triton"
     elif backend in ("torch", "triton"):
         use_triton = backend == "triton"
         if use_triton and _kernels() is None:
@@ -292,7 +295,7 @@ def _forward(x: Tensor, x_lora: Tensor | None, weight: Tensor, bias: Tensor | No
     x2 = x if x.dtype == dtype else x.to(dtype)                      # (N, in)
     xl2 = x2 if x_lora is None else x_lora.to(dtype)
     W = weight if weight.dtype == dtype else weight.to(dtype)
-    b = None if bias is None else bias.to(dtype)
+    b = bias if bias is None or bias.dtype == dtype else bias.to(dtype)
     if use_triton:
         from lora_edu import _fused_kernels as K
 
@@ -302,7 +305,7 @@ def _forward(x: Tensor, x_lora: Tensor | None, weight: Tensor, bias: Tensor | No
         out, t = K.forward(xl2, A, B, b, scaling)                    # t = x·Aᵀ, out = s·t·Bᵀ + b: one kernel
     else:
         A = lora_A if lora_A.dtype == dtype else lora_A.to(dtype)
-        B = lora_B.to(dtype) * scaling                               # (out, r): the scaling on the tiny matrix
+        B = (lora_B if lora_B.dtype == dtype else lora_B.to(dtype)) * scaling   # (out, r): scaling on the tiny B
         t = xl2 @ A.T                                                # (N, r): one read of x; saved
         out = t @ B.T if b is None else torch.addmm(b, t, B.T)       # (N, out): written once
     out.addmm_(x2, W.T)                                              # the big matmul adds into it (beta=1)
