@@ -32,10 +32,9 @@ Two back-ends run that plan:
   ``(N, d)`` tensor. Runs wherever PyTorch does.
 * ``"triton"`` — three Triton kernels (:mod:`lora_edu._fused_kernels`) that do the LoRA branch in
   *five* passes (``g`` is read once for both ``dt`` and ``dB``; ``t`` and the output are one kernel),
-  each split over enough thread blocks to fill the GPU. Used on CUDA in bfloat16/float16, for r <= 16,
-  when Triton is installed and the layer is large enough to pay for Triton's launch cost on the host
-  (the rule below; measured). ``LORA_EDU_TRITON=0`` turns it off, ``LORA_EDU_TRITON=1`` forces it (on a
-  CPU too, under ``TRITON_INTERPRET=1``, which is how it is tested).
+  each split over enough thread blocks to fill the GPU. Opt-in (``LORA_EDU_TRITON=1``; on a CPU too,
+  under ``TRITON_INTERPRET=1``, which is how it is tested): measured, it saves a little GPU time at
+  small r but costs the host more per call (the rule below says where).
 
 Shapes (PyTorch's convention): ``x (..., in_features)``, ``weight (out, in)``, ``bias (out,)``,
 ``lora_A (r, in)``, ``lora_B (out, r)``; the result is ``(..., out)``.
@@ -57,17 +56,18 @@ from torch.autograd.function import once_differentiable
 __all__ = ["lora_linear", "use_fused", "choose_backend"]
 
 _HALF = (torch.bfloat16, torch.float16)
-# The rules below are measurements on an H200 (benchmarks/results/nvidia-h200.json, benchmarks/NOTES.md):
-# - the Triton back-end beat stock cuBLAS (by 1-2 %) only for r <= 16 and N·max(in, out) >= 2**25
-#   (T = 8192 tokens at d = 4096); at r = 64 it was slower, and at d = 1024 Triton's launch cost on
-#   the host (50-140 µs per kernel on that machine) outweighed a few µs of GPU time;
-# - the fused path beat the reference chain when N·in·out >= 2**35 (d = 4096), or inside a CUDA graph
-#   (no host time); for smaller layers run eagerly the host is the bottleneck, and the autograd
-#   Function's Python costs about what the reference's extra launches cost, so the readable chain is
-#   kept there.
-TRITON_MIN_ELEMENTS = 2**25
-TRITON_MAX_RANK = 16
-FUSED_MIN_WORK = 2**35
+# The two rules below come from the recorded H200 runs (benchmarks/results/nvidia-h200.json,
+# benchmarks/NOTES.md), three repeats each:
+# - back-end: the Triton kernels saved 1-7 % of GPU time at r = 8 (CUDA graphs: 904 vs 919 µs at d = 4096,
+#   107 vs 115 µs at d = 1024) but lost 13-25 % at r = 64, and they cost the host more per call (Triton's
+#   launcher: 50-140 µs per kernel on that machine), which made eager steps host-bound and slower (median
+#   1.59x vs 1.29x the base at d = 4096, r = 8). So stock torch is the default and Triton is opt-in
+#   (LORA_EDU_TRITON=1).
+# - impl="auto": the fused path (stock back-end) took less GPU time than the reference chain at every
+#   measured shape (CUDA graphs: 0.75-0.86 of it, d = 1024 and 4096, r = 8 and 64), and run eagerly it was
+#   as fast or faster everywhere (0.94-0.98 of it at d = 1024, where the host sets the pace and the spread
+#   between repeats is 3-16 %; 0.85-0.89 at d = 4096). So on a CUDA GPU "auto" is the fused path; on a
+#   CPU it is the readable reference.
 
 
 def _kernels():
@@ -83,42 +83,30 @@ def choose_backend(x: Tensor, in_features: int, out_features: int, dtype: torch.
                    r: int = 8) -> str:
     """``"triton"`` or ``"torch"``: which back-end :func:`lora_linear` uses for an input ``x (N, in)``.
 
-    ``dtype`` is the compute dtype (default: x's). ``LORA_EDU_TRITON=0`` gives ``"torch"``,
-    ``LORA_EDU_TRITON=1`` ``"triton"`` wherever the kernels can run (a CUDA tensor, or a CPU tensor under
-    ``TRITON_INTERPRET=1``); otherwise the measured rule above (CUDA, bfloat16/float16, ``r <= 16``,
-    ``N·max(in, out) >= 2**25``).
+    ``"torch"`` unless the environment variable ``LORA_EDU_TRITON=1`` asks for the Triton kernels and
+    they can run: Triton installed, a CUDA tensor (or a CPU tensor under ``TRITON_INTERPRET=1``), and
+    activations small enough for 32-bit offsets (``N·max(in, out) < 2**31``). ``dtype`` (the compute
+    dtype) and ``r`` are accepted for rules that depend on them (the measured one does not; see above).
     """
-    choice = os.environ.get("LORA_EDU_TRITON", "auto")
-    if choice == "0":
+    if os.environ.get("LORA_EDU_TRITON", "0") != "1":
         return "torch"
     n = x.numel() // max(1, in_features)
-    big = n * max(in_features, out_features)
-    if big >= 2**31 or n == 0:                            # the kernels index with 32-bit offsets
+    if n == 0 or n * max(in_features, out_features) >= 2**31:
         return "torch"
-    if choice == "1":
-        kernels = _kernels()
-        if kernels is not None and (x.is_cuda or (x.device.type == "cpu" and kernels.interpreting())):
-            return "triton"
-        return "torch"
-    dtype = x.dtype if dtype is None else dtype
-    if x.is_cuda and dtype in _HALF and r <= TRITON_MAX_RANK and big >= TRITON_MIN_ELEMENTS \
-            and _kernels() is not None:
+    kernels = _kernels()
+    if kernels is not None and (x.is_cuda or (x.device.type == "cpu" and kernels.interpreting())):
         return "triton"
     return "torch"
 
 
 def use_fused(x: Tensor, weight: Tensor, r: int) -> bool:
-    """Whether ``LoRALinear(impl="auto")`` takes the fused path for an input ``x (..., in)``.
-
-    On a CUDA GPU: when the layer's work ``N·in·out`` is at least ``FUSED_MIN_WORK``, or while a CUDA
-    graph is being captured (both measured faster there than the reference chain; see the rule above).
-    On a CPU (and Apple's MPS) never: the readable reference runs. ``r`` is part of the signature for
-    rules that depend on the rank (none does today).
+    """Whether ``LoRALinear(impl="auto")`` takes the fused path for an input ``x (..., in)`` and a base
+    ``weight (out, in)`` with rank ``r``: on a CUDA GPU, where it was measured as fast or faster than the
+    reference chain at every shape (the rule above); on a CPU (and Apple's MPS) not — the readable
+    reference runs there. ``weight`` and ``r`` are part of the signature so that a rule measured to
+    depend on the layer's size or rank can live here; the current one does not.
     """
-    if not x.is_cuda:
-        return False
-    n = x.numel() // max(1, weight.shape[1])
-    return n * weight.shape[0] * weight.shape[1] >= FUSED_MIN_WORK or torch.cuda.is_current_stream_capturing()
+    return x.is_cuda
 
 
 class _FusedLoRALinear(torch.autograd.Function):
@@ -225,8 +213,8 @@ def lora_linear(x: Tensor, weight: Tensor, bias: Tensor | None, lora_A: Tensor, 
         scaling: ``alpha / r`` (or ``alpha / sqrt(r)`` for rsLoRA), a Python number.
         lora_input: what the LoRA branch sees, e.g. ``dropout(x)``; ``None`` (the default) means
             ``x`` itself, which is the fastest case (the two gradients reaching ``x`` share one buffer).
-        backend: ``"auto"`` (the rule of :func:`choose_backend`), ``"torch"`` or ``"triton"`` (benchmarks
-            use these two to time each back-end; ``"triton"`` needs Triton and a CUDA tensor).
+        backend: ``"auto"`` (:func:`choose_backend`: ``"torch"`` unless ``LORA_EDU_TRITON=1``), ``"torch"``
+            or ``"triton"`` (benchmarks use these two to time each back-end; ``"triton"`` needs Triton).
 
     Returns:
         ``(..., out_features)`` in the compute dtype (the autocast dtype under autocast, else x's dtype).

@@ -81,7 +81,7 @@ def test_smoke_run_writes_the_schema(smoke):
     assert data["ceilings"]["bandwidth"] > 0 and data["ceilings"]["matmul_flops"] > 0
     assert {"start", "end"} <= set(data["ceilings"])
     assert set(data["targets"]) >= {"fused_fwd_bwd_met", "fused_over_peft_met", "small_d_eager_met", "merged_met",
-                                    "auto_choices", "auto_picks_faster"}
+                                    "auto_choices", "auto_picks_faster_or_within_spread"}
     for choice in data["targets"]["auto_choices"]:
         assert choice["auto_picks"] == "reference"          # on a CPU, impl="auto" is the readable reference
     assert "cache_regime" in data["settings"] and set(data["settings"]["configs"]) == {"bf16", "peft_default"}

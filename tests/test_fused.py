@@ -418,8 +418,11 @@ def test_backend_rule(monkeypatch):
     monkeypatch.setenv("LORA_EDU_TRITON", "0")
     assert fused.choose_backend(x, 16, 16) == "torch"
     monkeypatch.delenv("LORA_EDU_TRITON")
-    assert fused.choose_backend(x, 16, 16) == "torch"                 # CPU tensors: stock torch unless forced
-    assert fused.choose_backend(torch.empty(0, 16), 16, 16) == "torch"
+    assert fused.choose_backend(x, 16, 16) == "torch"                 # the default: stock torch (measured)
+    monkeypatch.setenv("LORA_EDU_TRITON", "1")
+    assert fused.choose_backend(torch.empty(0, 16), 16, 16) == "torch"   # nothing to do
+    with pytest.raises(ValueError, match="backend must be"):
+        lora_linear(x, torch.randn(16, 16), None, torch.randn(2, 16), torch.randn(16, 2), 1.0, backend="cuda")
     w = torch.empty(16, 16)
     assert fused.use_fused(x, w, 4) is False                   # LoRALinear(impl="auto") on a CPU: the reference
 
