@@ -432,6 +432,22 @@ def layer_step_fns(layers: dict[str, nn.Module], x: torch.Tensor, g: torch.Tenso
     return fns
 
 
+def capture(fn: Callable[[], object], device: torch.device, n: int = 1) -> "torch.cuda.CUDAGraph":
+    """``n`` calls of ``fn`` captured in one CUDA graph, after three warm-up calls on a side stream (so
+    that workspaces and compiled kernels exist before the capture, as PyTorch's documentation asks)."""
+    stream = torch.cuda.Stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(n):
+            fn()
+    return graph
+
+
 def graph_fns(step_fns: dict[str, Callable[[], object]], device: torch.device, log=print) -> dict[str, Callable]:
     """Each step captured once in a CUDA graph: replaying it is the step's GPU time without the host."""
     out = {}
@@ -439,15 +455,7 @@ def graph_fns(step_fns: dict[str, Callable[[], object]], device: torch.device, l
         if name == "peft_compiled":
             continue                          # Inductor's own code is not captured here
         try:
-            stream = torch.cuda.Stream(device)
-            stream.wait_stream(torch.cuda.current_stream(device))
-            with torch.cuda.stream(stream):
-                for _ in range(3):
-                    fn()
-            torch.cuda.current_stream(device).wait_stream(stream)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                fn()
+            graph = capture(fn, device)
             graph.replay()
             torch.cuda.synchronize(device)
             out[name] = graph.replay
@@ -578,16 +586,7 @@ def batched_ms(fn: Callable[[], object], device: torch.device, n: int, reps: int
     ``reps`` times (median), divided by ``n``. On a CPU: the median wall time of ``reps`` calls."""
     if device.type != "cuda":
         return statistics.median(time_calls(fn, reps, device))
-    stream = torch.cuda.Stream(device)
-    stream.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream(device).wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(n):
-            fn()
+    graph = capture(fn, device, n)
     graph.replay()
     return statistics.median(time_calls(graph.replay, reps, device)) / n
 

@@ -120,7 +120,7 @@ CLAIMS = {
     "close to the 1.15× aim": lambda: 1.10 <= 1 + 6 * (T * D * 2 / h200()["ceilings"]["bandwidth"])
         / (row("base_frozen")["median_ms"] * 1e-3) <= 1.15 == h200()["targets"]["fused_fwd_bwd_target"],
     "`lora_dropout = 0.05`": lambda: settings()["configs"]["peft_default"]["dropout"] == 0.05,
-    "The paper's 1.2 TB matches the **backward-start peak**": lambda: 1.05e12 <= gpt3()[1].backward_peak <= 1.25e12,
+    "The paper's 1.2 TB is about the **backward-start peak**": lambda: 1.05e12 <= gpt3()[1].backward_peak <= 1.25e12,
     "the paper's 350 GB": lambda: round(gpt3()[2].weights / 1e9, -1) == 350,
     "would need 2.8 TB": lambda: round(16 * gpt3()[0].parameters() / 1e12, 1) == 2.8,
     "$2r/d$ (0.4 %)": lambda: round(100 * 2 * R / D, 1) == 0.4,
@@ -140,6 +140,10 @@ CLAIMS = {
     "18.9 M trainable parameters, about 9,250× fewer":
         lambda: round(lora_parameters(gpt3()[0], 4, ("q_proj", "v_proj")) / 1e6, 1) == 18.9
         and round(gpt3()[0].parameters() / lora_parameters(gpt3()[0], 4, ("q_proj", "v_proj")), -1) == 9250,
+    "the eager ratios in section 1 spread more over the repeats than the GPU times":
+        lambda: all(row(k)["ratio_max"] - row(k)["ratio_min"]
+                    > row(k, mode="forward_backward_graph")["ratio_max"] - row(k, mode="forward_backward_graph")["ratio_min"]
+                    for k in ("lora_reference", fused(), "peft")),
     "`d_in = d_out = 4096`, `r = 8`": lambda: D in settings()["dims"] and R in settings()["ranks"],
 }
 
