@@ -4,7 +4,8 @@
 #   benchmarks/gpu_session.sh sweep OUT_DIR   chapter 06's larger configuration
 #                                             (python -m lora_edu.experiments gpu-sweep), JSON into OUT_DIR
 #   benchmarks/gpu_session.sh check OUT_DIR   the `-m gpu` tests, then chapters 05-07 executed with
-#                                             LORA_EDU_DEVICE=cuda (executed copies and timings into OUT_DIR)
+#                                             LORA_EDU_DEVICE=cuda (executed copies and timings into OUT_DIR);
+#                                             NOTEBOOKS="notebooks/07_*.ipynb" picks fewer chapters
 #
 # It uses the machine's own python3 with torch (a CUDA build) and runs from the repository root with
 # PYTHONPATH=. (no install). Jupyter is not needed on the machine: wheels in .whl/ (py3.12, git-ignored;
@@ -34,7 +35,7 @@ check)
         tests/test_rank.py tests/test_lowrank.py tests/test_lora.py tests/test_fused.py tests/test_memory.py \
         tests/test_experiments.py 2>&1 | tee "$out/gpu_tests.txt" | tail -25 || status=1
     mkdir -p "$out/notebooks"
-    for nb in notebooks/05_*.ipynb notebooks/06_*.ipynb notebooks/07_*.ipynb; do
+    for nb in ${NOTEBOOKS:-notebooks/05_*.ipynb notebooks/06_*.ipynb notebooks/07_*.ipynb}; do
         cp "$nb" "$out/notebooks/"
         LORA_EDU_DEVICE=cuda IPYKERNEL_CELL_NAME='<IPY-INPUT>' PYTHONHASHSEED=0 MPLBACKEND=Agg \
             timeout 200 python3 tools/run_notebooks.py "$out/notebooks/$(basename "$nb")" 2>&1 \

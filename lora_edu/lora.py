@@ -44,7 +44,7 @@ from typing import Iterable
 import torch
 from torch import Tensor, nn
 
-from lora_edu.fused import lora_linear
+from lora_edu.fused import lora_linear, use_fused
 
 __all__ = [
     "LoRALinear", "apply_lora", "merge_lora", "count_parameters",
@@ -273,7 +273,7 @@ class LoRALinear(nn.Module):
         """``x (..., in_features) -> (..., out_features)``; the readable (reference) computation is below."""
         if self.merged:                       # the weight already holds W0 + ΔW
             return self.base(x)
-        if self._impl == "fused" or (self._impl == "auto" and x.is_cuda):   # chapter 07's fast path
+        if self._impl == "fused" or (self._impl == "auto" and use_fused(x, self.base.weight, self.r)):  # chapter 07
             drop = None if isinstance(self.lora_dropout, nn.Identity) else self.lora_dropout(x)
             return lora_linear(x, self.base.weight, self.base.bias, self.lora_A, self.lora_B, self.scaling,
                                None if drop is x else drop)   # (dropout in eval mode returns x itself)

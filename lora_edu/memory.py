@@ -13,7 +13,15 @@ measures. The prediction adds up five parts, each one countable by hand:
   language-model head and the loss, which for a 50k vocabulary is the largest single item.
 
 LoRA shrinks the gradients and the optimizer state to almost nothing, and it also shrinks the
-activations: a frozen linear layer needs only its weight for the input gradient, not its input.
+activations: a frozen linear layer needs only its weight for the input gradient, not its input. The
+adapters may live in another dtype than the base (PEFT keeps float32 adapters on a bfloat16 model,
+``autocast_adapter_dtype=True``): their weights, gradients and AdamW state are then counted in float32
+(``adapter_dtype``).
+
+What this predicts is ``torch.cuda.max_memory_allocated`` — the tensors. What an out-of-memory error
+sees is more: the CUDA context (a few hundred MB per process, outside PyTorch's allocator), and the
+caching allocator's reserve (``torch.cuda.memory_reserved``: freed blocks kept for reuse, and
+fragmentation), which is what ``nvidia-smi`` shows on top of the context. Leave room for both.
 
 The transformer described by :class:`TransformerShape` is GPT-style: token and learned position
 embeddings, ``n_layers`` pre-LayerNorm blocks (attention with q, k, v, o projections — separate, or
@@ -271,7 +279,7 @@ def _check_method(method: str) -> str:
 def training_memory(shape: TransformerShape, batch: int, seq: int, *, method: str = "full", r: int = 8,
                     targets: Sequence[str] = ("q_proj", "v_proj"), param_dtype: Any = "float32",
                     compute_dtype: Any = "bfloat16", optimizer: str = "adamw",
-                    keep_logits: bool = False) -> MemoryEstimate:
+                    keep_logits: bool = False, adapter_dtype: Any = None) -> MemoryEstimate:
     """Predict the peak memory of one training step (forward, backward, optimizer step).
 
     Args:
@@ -284,7 +292,12 @@ def training_memory(shape: TransformerShape, batch: int, seq: int, *, method: st
         optimizer: ``"adamw"``/``"adam"`` (2 states per trainable parameter), ``"sgd"`` (0) or
             ``"sgd_momentum"`` (1).
         keep_logits: whether the training loop keeps the low-precision logits alive through the backward
-            pass (Hugging Face models return them, so they stay referenced).
+            pass (``out = model(ids, labels=ids); out.loss.backward()`` keeps ``out.logits``: one
+            ``N × vocab`` tensor in the compute dtype more at the peak).
+        adapter_dtype: the dtype of the LoRA parameters (default: ``param_dtype``). PEFT's default on a
+            bfloat16/float16 base is float32 (``autocast_adapter_dtype=True``): pass
+            ``param_dtype="bfloat16", adapter_dtype="float32"`` for that set-up. Their gradients and
+            optimizer state are in the same dtype; under autocast they get a compute-dtype copy too.
 
     The peak of a step is whichever is larger of
 
@@ -305,16 +318,20 @@ def training_memory(shape: TransformerShape, batch: int, seq: int, *, method: st
         raise ValueError(f"seq={seq} is longer than the model's context {shape.context}")
     pb = dtype_bytes(param_dtype)
     cb = pb if compute_dtype is None else dtype_bytes(compute_dtype)
+    ab = pb if adapter_dtype is None else dtype_bytes(adapter_dtype)
     d, v = shape.d_model, shape.vocab
     total_params = shape.parameters()
     lora = lora_parameters(shape, r, targets) if method == "lora" else 0
     trainable = total_params if method == "full" else lora
-    weights = (total_params + lora) * pb
-    gradients = trainable * pb
-    optimizer_state = _OPTIMIZER_STATES[optimizer] * trainable * pb
+    tb = pb if method == "full" else ab                    # bytes per trainable parameter
+    weights = total_params * pb + lora * ab
+    gradients = trainable * tb
+    optimizer_state = _OPTIMIZER_STATES[optimizer] * trainable * tb
     copies = 0
     if cb != pb:
-        copies = shape.linear_weight_elements() * cb + lora * cb
+        copies = shape.linear_weight_elements() * cb
+    if cb != ab:
+        copies += lora * cb
     per_layer = sum(b for _, b in saved_per_layer(shape, batch, seq, method=method, r=r,
                                                   targets=targets or ("fc1",), compute_dtype=compute_dtype,
                                                   param_dtype=param_dtype))
@@ -333,7 +350,7 @@ def training_memory(shape: TransformerShape, batch: int, seq: int, *, method: st
             copies -= sum(i * o for name, (i, o) in shape.linears().items()
                           if name in ("q_proj", "k_proj", "v_proj", "qkv")) * cb
     loss_head = 3 * n * v * 4 + (n * v * cb if keep_logits else 0)
-    temp = trainable * pb if _OPTIMIZER_STATES[optimizer] == 2 else 0
+    temp = trainable * tb if _OPTIMIZER_STATES[optimizer] == 2 else 0
     step_peak = weights + gradients + optimizer_state + temp
     notes = (f"N = {n} tokens", f"{trainable:,} trainable of {total_params + lora:,} parameters")
     return MemoryEstimate(weights=weights, gradients=gradients, optimizer=optimizer_state, weight_copies=copies,

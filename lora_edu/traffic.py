@@ -12,20 +12,28 @@ module lists every kernel of one layer's forward and backward pass, for
 * ``"fused"`` — :func:`lora_edu.fused.lora_linear`,
 * ``"merged"`` — a merged LoRA layer (one matmul, like the base),
 
-and predicts a time from two measured ceilings (bandwidth, matmul rate). Bytes count each operand read
-once and each result written once, in the compute dtype; bytes that a big matmul reads in its
-epilogue (``beta=1``) are marked *hidden*, because they overlap its arithmetic.
+and predicts a time from two measured ceilings (bandwidth, matmul rate; by default the ones recorded
+on the H200 in ``benchmarks/results/nvidia-h200.json``, see :func:`recorded_ceilings`). Bytes count
+each operand read once and each result written once, in the compute dtype; bytes that a big matmul
+reads in its epilogue (``beta=1``) are counted apart, as ``hidden_bytes``: they overlap its arithmetic,
+so the roofline time leaves them out, but they are real traffic (a few µs each, measured).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["Kernel", "layer_kernels", "predict_ms", "IMPLS", "H200"]
+__all__ = ["Kernel", "layer_kernels", "predict_ms", "recorded_ceilings", "IMPLS"]
 
 IMPLS = ("base", "full", "reference", "fused", "merged")
-# Ceilings measured on the H200 by benchmarks/lora_gpu.py (a 1 GiB device copy counting bytes read +
-# written; an 8192³ bf16 matmul): see benchmarks/results/nvidia-h200.json, "ceilings".
-H200 = {"bandwidth": 4.25e12, "matmul_flops": 7.9e14}
+
+
+def recorded_ceilings(name: str = "nvidia-h200.json") -> dict[str, float]:
+    """``{"bandwidth": bytes/s, "matmul_flops": FLOP/s}`` measured by ``benchmarks/lora_gpu.py`` at the
+    start of a recorded run (a 1 GiB device copy counting bytes read + written; an 8192³ bf16 matmul)."""
+    from lora_edu.results import load_result
+
+    ceilings = load_result(name)["ceilings"]
+    return {"bandwidth": float(ceilings["bandwidth"]), "matmul_flops": float(ceilings["matmul_flops"])}
 
 
 @dataclass(frozen=True)
@@ -36,7 +44,7 @@ class Kernel:
     phase: str
     flops: int
     bytes: int
-    hidden_bytes: int = 0
+    hidden_bytes: int = 0          # read by a big matmul's epilogue (beta=1): overlapped, not in ``bytes``
 
     @property
     def big(self) -> bool:
@@ -113,7 +121,11 @@ def layer_kernels(impl: str, T: int, d_in: int, d_out: int, r: int = 8, dtype_by
     return ks
 
 
-def predict_ms(kernels: list[Kernel], bandwidth: float = H200["bandwidth"],
-               matmul_flops: float = H200["matmul_flops"]) -> float:
-    """Sum of the kernels' roofline times, in milliseconds (launch gaps not included)."""
+def predict_ms(kernels: list[Kernel], bandwidth: float | None = None, matmul_flops: float | None = None) -> float:
+    """Sum of the kernels' roofline times, in milliseconds (launch gaps and hidden epilogue reads not
+    included). Missing ceilings are read from the recorded H200 run (:func:`recorded_ceilings`)."""
+    if bandwidth is None or matmul_flops is None:
+        rec = recorded_ceilings()
+        bandwidth = rec["bandwidth"] if bandwidth is None else bandwidth
+        matmul_flops = rec["matmul_flops"] if matmul_flops is None else matmul_flops
     return 1e3 * sum(k.time_s(bandwidth, matmul_flops) for k in kernels)

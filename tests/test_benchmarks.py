@@ -32,28 +32,45 @@ def smoke(tmp_path_factory):
     return bench, json.loads(out.read_text())
 
 
+# every method measured in every configuration and mode (on a GPU: these and more)
+BASIC = {"forward": {"base_frozen", "lora_reference", "lora_fused", "lora_fused_torch", "peft", "merged"},
+         "forward_backward": {"base_frozen", "full_linear", "lora_reference", "lora_fused", "lora_fused_torch", "peft"}}
+GPU_ONLY = {"lora_fused_triton", "peft_compiled"}
+
+
 def check_schema(bench, data):
     assert set(bench.SCHEMA_KEYS) <= set(data)
     assert data["benchmark"] == "lora_gpu"
-    for key in ("python", "torch", "peft", "transformers"):
+    for key in ("python", "torch", "peft", "transformers", "triton"):
         assert data["versions"][key]
+    assert data["system"]["cpu"]
     cfg = bench.SMOKE if data["smoke"] else bench.FULL
-    methods = {"forward": {"base_frozen", "lora_reference", "lora_fused", "peft", "merged"},
-               "forward_backward": {"base_frozen", "full_linear", "lora_reference", "lora_fused", "peft"}}
     seen = {}
     for rec in data["records"]:
         assert set(bench.RECORD_KEYS) <= set(rec)
         assert rec["dtype"] == "bfloat16" and rec["T"] == cfg["tokens"]
-        assert rec["median_ms"] > 0 and math.isfinite(rec["ratio_to_base"])
+        assert rec["median_ms"] > 0 and math.isfinite(rec["ratio_to_base"]) and rec["host_ms"] > 0
         assert rec["p10_ms"] <= rec["median_ms"] <= rec["p90_ms"]
-        seen.setdefault((rec["d"], rec["r"], rec["mode"]), {})[rec["method"]] = rec
-    assert set(seen) == {(d, r, m) for d in cfg["dims"] for r in cfg["ranks"] for m in methods}
-    for (d, r, mode), group in seen.items():
-        assert set(group) == methods[mode]
+        assert (rec["peak_extra_mib"] is None) == (rec["mode"] != "forward_backward" or rec["repeat"] > 0)
+        seen.setdefault((rec["config"], rec["d"], rec["r"], rec["mode"], rec["repeat"]), {})[rec["method"]] = rec
+    want = {("bf16", d, r) for d in cfg["dims"] for r in cfg["ranks"]}
+    want |= {("peft_default", d, r) for d in cfg["dims"] for r in cfg["realistic_ranks"]}
+    modes = {"forward", "forward_backward"} | ({"forward_backward_graph"} if data["device"] == "cuda" else set())
+    assert {k[:3] for k in seen} == want and {k[3] for k in seen} == modes
+    assert {k[4] for k in seen} == set(range(cfg["repeats"]))
+    for (config, d, r, mode, _), group in seen.items():
+        basic = BASIC["forward_backward" if mode.startswith("forward_backward") else "forward"]
+        assert basic <= set(group), (config, d, r, mode, set(group))
+        assert set(group) <= set(bench.LAYER_METHODS)
+        if data["device"] == "cpu":
+            assert not (set(group) & GPU_ONLY)
         assert group["base_frozen"]["ratio_to_base"] == 1.0     # ratios are to the base of the same group
         for rec in group.values():
             assert rec["ratio_to_base"] == pytest.approx(rec["median_ms"] / group["base_frozen"]["median_ms"])
-            assert (rec["peak_extra_mib"] is None) == (mode == "forward")
+    for row in data["summary"]:
+        assert set(bench.SUMMARY_KEYS) <= set(row)
+        assert row["ratio_min"] <= row["ratio"] <= row["ratio_max"] and row["min_ms"] <= row["median_ms"] <= row["max_ms"]
+        assert row["repeats"] == cfg["repeats"]
     return seen
 
 
@@ -62,18 +79,24 @@ def test_smoke_run_writes_the_schema(smoke):
     assert data["smoke"] is True and data["device"] == "cpu" and data["gpu"] == "cpu"
     check_schema(bench, data)
     assert data["ceilings"]["bandwidth"] > 0 and data["ceilings"]["matmul_flops"] > 0
-    assert set(data["targets"]) >= {"fused_fwd_bwd_met", "fused_not_slower_than_peft", "merged_met"}
+    assert {"start", "end"} <= set(data["ceilings"])
+    assert set(data["targets"]) >= {"fused_fwd_bwd_met", "fused_over_peft_met", "small_d_eager_met", "merged_met",
+                                    "auto_choices", "auto_picks_faster_or_within_spread"}
+    for choice in data["targets"]["auto_choices"]:
+        assert choice["auto_picks"] == "reference"          # on a CPU, impl="auto" is the readable reference
+    assert "cache_regime" in data["settings"] and set(data["settings"]["configs"]) == {"bf16", "peft_default"}
 
 
 def test_kernel_records_follow_the_traffic_model(smoke):
     bench, data = smoke
     cfg = bench.SMOKE
     d, r, T = max(cfg["dims"]), min(cfg["ranks"]), cfg["tokens"]
-    for impl in ("base", "reference", "fused"):
-        recs = [k for k in data["kernel_records"] if k["impl"] == impl]
-        assert [k["name"] for k in recs] == [k.name for k in layer_kernels(impl, T, d, d, r)]
-        for rec in recs:
-            assert set(bench.KERNEL_KEYS) <= set(rec) and rec["median_ms"] > 0 and rec["bytes"] > 0
+    for repeat in range(cfg["repeats"]):
+        for impl in ("base", "reference", "fused"):
+            recs = [k for k in data["kernel_records"] if k["impl"] == impl and k["repeat"] == repeat]
+            assert [k["name"] for k in recs] == [k.name for k in layer_kernels(impl, T, d, d, r)]
+            for rec in recs:
+                assert set(bench.KERNEL_KEYS) <= set(rec) and rec["median_ms"] > 0 and rec["bytes"] > 0
 
 
 def test_model_records_compare_measured_and_predicted_memory(smoke):
@@ -88,10 +111,13 @@ def test_model_records_compare_measured_and_predicted_memory(smoke):
     full, lora = rows[("lora_edu_transformer", "full")], rows[("lora_edu_transformer", "lora_fused")]
     assert full["trainable"] == full["total_params"] > lora["trainable"] > 0
     assert rows[("lora_edu_transformer", "full")]["step_ratio_to_full"] == 1.0
+    summary = {(m["model"], m["method"]) for m in data["model_summary"]}
+    assert summary == set(rows)
 
 
 def test_recorded_gpu_results_have_the_schema():
-    """The committed H200 results (benchmarks/results/*.json, not smoke runs) follow the same schema."""
+    """The committed H200 results (benchmarks/results/*.json, not smoke runs) follow the same schema,
+    with at least three repeats, CUDA-graph timings, clocks and a kernel profile."""
     bench = load_benchmark()
     files = [p for p in (ROOT / "benchmarks" / "results").glob("*.json") if "smoke" not in p.name]
     recorded = [json.loads(p.read_text()) for p in files]
@@ -101,7 +127,10 @@ def test_recorded_gpu_results_have_the_schema():
     for data in recorded:
         assert data["smoke"] is False and data["device"] == "cuda"
         groups = check_schema(bench, data)
-        assert (4096, 8, "forward_backward") in groups
+        assert data["settings"]["repeats"] >= 3
+        assert ("bf16", 4096, 8, "forward_backward_graph", 0) in groups
+        assert data["clock_records"] and data["profile_records"]
+        assert data["system"]["driver"] and data["system"]["l2_cache_bytes"]
 
 
 def test_slug():

@@ -73,3 +73,41 @@ def test_adam_bytes_slips(wrong, message):
 def test_gpt3_lora_params_slips(wrong, message):
     with pytest.raises(Feedback, match=message):
         check_gpt3_lora_params(wrong)
+
+
+def test_break_even_message_follows_the_value(capsys):
+    """The message used to say 'fewer than one batch' whatever the answer."""
+    check_break_even_tokens(D / 2, D, D, R)                         # 2048 tokens
+    assert "25% of one batch" in capsys.readouterr().out
+    check_break_even_tokens(65536 / 2, 65536, 65536, R)             # 32768 tokens
+    assert "4.0 batches" in capsys.readouterr().out
+
+
+def test_gpt3_ratio_is_the_one_the_chapter_prints(capsys):
+    """One ratio for one thing: GPT-3's exact parameter count over the adapter's (the chapter prints the same)."""
+    from lora_edu.memory import TransformerShape, lora_parameters
+
+    shape = TransformerShape.gpt3_175b()
+    ratio = shape.parameters() / lora_parameters(shape, 4, ("q_proj", "v_proj"))
+    check_gpt3_lora_params(18_874_368)
+    out = capsys.readouterr().out
+    assert f"{ratio:,.0f}×" in out and "9,251×" in out and "9,272" not in out
+
+
+def test_elementwise_message_uses_the_recorded_bandwidth(capsys):
+    from lora_edu.traffic import recorded_ceilings
+
+    bw = recorded_ceilings()["bandwidth"]
+    check_elementwise_bytes(2 * T * D * 2, T, D)
+    assert f"{bw / 1e12:.2f} TB/s" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("check, args", [
+    (check_flop_fraction, (D, R)), (check_elementwise_bytes, (T, D)), (check_saved_bytes, (T, R)),
+    (check_break_even_tokens, (D, D, R)), (check_adam_bytes, (P,)), (check_gpt3_lora_params, ()),
+])
+def test_unanswered(check, args):
+    from lora_edu.checks import NotAnswered
+
+    with pytest.raises(NotAnswered):
+        check(None, *args)

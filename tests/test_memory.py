@@ -157,6 +157,49 @@ def test_predicted_peak_matches_the_tracker_on_cpu(method):
     assert est.total == pytest.approx(peak, rel=0.01)
 
 
+def test_adapter_dtype_rule_exact_parts():
+    """PEFT's set-up: a bfloat16 base, float32 adapters with float32 gradients and AdamW state, and a
+    bf16 copy of each adapter under autocast."""
+    shape = TransformerShape.gpt2_small()
+    P, L = 124_439_808, 294_912
+    est = training_memory(shape, 8, 1024, method="lora", param_dtype="bfloat16", adapter_dtype="float32")
+    assert (est.weights, est.gradients, est.optimizer) == (2 * P + 4 * L, 4 * L, 8 * L)
+    assert est.weight_copies == 2 * L                       # the base is bf16 already: only the adapters are cast
+    same = training_memory(shape, 8, 1024, method="lora", param_dtype="bfloat16")
+    assert (same.gradients, same.optimizer, same.weight_copies) == (2 * L, 4 * L, 0)
+    full = training_memory(shape, 8, 1024, method="full", param_dtype="bfloat16", adapter_dtype="float32")
+    assert full.gradients == 2 * P                            # no adapters: the rule changes nothing
+
+
+def bf16_model_with_adapters(fp32_adapters):
+    torch.manual_seed(0)
+    cfg = TransformerConfig.gpt2_small(**SMALL)
+    model = Transformer(cfg).to(torch.bfloat16)
+    apply_lora(model, ["q_proj", "v_proj"], r=8, alpha=16, impl="fused")
+    for name, p in model.named_parameters():
+        if "lora_" in name:
+            p.data = p.data.to(torch.float32 if fp32_adapters else torch.bfloat16)
+    return cfg, model
+
+
+def test_adapter_dtype_rule_against_the_tracker():
+    """On the CPU tracker, float32 adapters on a bf16 base cost what the rule predicts over bf16 ones."""
+    peaks, preds = [], []
+    for fp32 in (False, True):
+        cfg, model = bf16_model_with_adapters(fp32)
+        ids = torch.randint(0, cfg.vocab_size, (4, 64))
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+        step = training_step(model, ids, opt)
+        step()
+        existing = list(model.parameters()) + [t for s in opt.state.values() for t in s.values() if torch.is_tensor(t)]
+        peaks.append(measure_peak(step, existing=existing))
+        est = training_memory(TransformerShape.from_config(cfg), 4, 64, method="lora", param_dtype="bfloat16",
+                              adapter_dtype="float32" if fp32 else None)
+        preds.append(est.total)
+        assert est.total == pytest.approx(peaks[-1], rel=0.03)   # a bf16 base: within 3 % (2.4-2.5 % low)
+    assert preds[1] - preds[0] == pytest.approx(peaks[1] - peaks[0], rel=0.2)
+
+
 def test_memory_tracker_counts_allocations_and_frees():
     with MemoryTracker() as mem:
         a = torch.empty(1000, dtype=torch.float32)     # 4000 bytes

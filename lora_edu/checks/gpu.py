@@ -78,8 +78,20 @@ def check_elementwise_bytes(value: Any, T: int, d: int, dtype_bytes: int = 2) ->
     if not _near(v, expected):
         raise Feedback(f"`scaling_bytes` = {v:g} is not right: count the entries read and written, times the "
                        f"bytes per entry ({dtype_bytes} for bfloat16).")
-    passed(f"one scaling pass moves {expected / 2**20:.0f} MiB — about {expected / 4.25e12 * 1e6:.0f} µs at "
-           "4.25 TB/s, for a multiplication the tensor cores would do in a blink.")
+    bw = _recorded_bandwidth()
+    at = f" — about {expected / bw * 1e6:.0f} µs at the H200's measured {bw / 1e12:.2f} TB/s" if bw else ""
+    passed(f"one scaling pass moves {expected / 2**20:.0f} MiB{at}, for a multiplication the tensor cores "
+           "would do in a blink.")
+
+
+def _recorded_bandwidth() -> float | None:
+    """The copy bandwidth recorded on the H200 (bytes/s), or ``None`` where no recorded run is found."""
+    try:
+        from lora_edu.traffic import recorded_ceilings
+
+        return recorded_ceilings()["bandwidth"]
+    except (FileNotFoundError, KeyError, ValueError):
+        return None
 
 
 # --------------------------------------------------------------------------- section 3
@@ -123,7 +135,12 @@ def check_break_even_tokens(value: Any, d_in: int, d_out: int, r: int) -> None:
     if not _near(v, expected, rel=1e-3):
         raise Feedback(f"`break_even_tokens` = {v:g} is not right: divide merging's 2·d_out·r·d_in FLOPs by the "
                        "2·r·(d_in + d_out) extra FLOPs of one token.")
-    passed(f"after {expected:g} tokens merging has paid for itself: fewer than one batch of 8 × 1024 tokens.")
+    batch = 8 * 1024
+    if expected < batch:
+        when = f"{expected / batch:.0%} of one batch of 8 × 1024 tokens"
+    else:
+        when = f"{expected / batch:.1f} batches of 8 × 1024 tokens"
+    passed(f"after {expected:g} tokens merging has paid for itself in FLOPs: {when}.")
 
 
 # --------------------------------------------------------------------------- section 5
@@ -175,5 +192,12 @@ def check_gpt3_lora_params(value: Any, n_layers: int = 96, d_model: int = 12288,
                            "A and B.")
     check_integer(value, expected, "gpt3_lora_params",
                   hint="Per matrix: A is r × d, B is d × r; two matrices per layer; all layers.")
-    paper = ", the paper's 'roughly 10,000×'" if (r, n_matrices, n_layers, d_model) == (4, 2, 96, 12288) else ""
-    passed(f"{expected:,} trainable parameters: GPT-3's nominal 175 billion / {expected:,} ≈ {175e9 / expected:,.0f}×{paper}.")
+    if (n_layers, d_model) == (96, 12288):
+        from lora_edu.memory import TransformerShape
+
+        total = TransformerShape.gpt3_175b().parameters()        # 174.6 billion: the shapes' exact count
+        paper = ", the paper's 'roughly 10,000×'" if (r, n_matrices) == (4, 2) else ""
+        passed(f"{expected:,} trainable parameters: GPT-3's {total / 1e9:.1f} billion / {expected:,} ≈ "
+               f"{total / expected:,.0f}×{paper}.")
+    else:
+        passed(f"{expected:,} trainable parameters.")
