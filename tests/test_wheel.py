@@ -147,6 +147,7 @@ def _run_copy(notebook: Path, workdir: Path, env: dict) -> tuple[str, int, str]:
     copy = workdir / notebook.name
     nb = nbformat.read(notebook, as_version=4)
     install_cell.apply(nb)  # a no-op once the notebook has the current cell
+    nb = nbformat.from_dict(nb)
     nb.cells.append(nbformat.v4.new_code_cell(PROBE))
     nbformat.write(nb, copy)
     proc = subprocess.run([sys.executable, "-c", DRIVER, str(ROOT), str(copy), KERNEL, str(CELL_TIMEOUT_S)],
