@@ -13,7 +13,8 @@
    notebook lacks it) printed nothing.
 
 Two notebooks run at a time, each kernel on one thread (``OMP_NUM_THREADS=1``), which on a 2-core
-machine takes about half the time of one at a time. ``LORA_EDU_WHEEL_JOBS=<n>`` changes the number.
+machine takes about half the time of one at a time. ``LORA_EDU_WHEEL_JOBS=<n>`` changes the number;
+``LORA_EDU_WHEEL_NOTEBOOKS=<folder>`` runs the notebooks of another folder (a scratch copy) instead.
 """
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 import install_cell  # noqa: E402
 
-NOTEBOOKS = sorted((ROOT / "notebooks").glob("[0-9][0-9]_*.ipynb"))
+NOTEBOOK_DIR = Path(os.environ.get("LORA_EDU_WHEEL_NOTEBOOKS") or ROOT / "notebooks")
+NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
 KERNEL = "lora-edu-wheel"
 CELL_TIMEOUT_S = 600
 JOBS = int(os.environ.get("LORA_EDU_WHEEL_JOBS", "2"))

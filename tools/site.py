@@ -192,16 +192,23 @@ def launch_bar(url: str, chapter: Chapter) -> str:
             f"</nav>")
 
 
-def convert_chapter(chapter: Chapter, chapters: list[Chapter], out: Path, url: str) -> str:
+def chapter_exporter() -> HTMLExporter:
+    """nbconvert's HTML exporter with the site's template, no prompts, figures written as files."""
+    exporter = HTMLExporter(template_name=TEMPLATE, extra_template_basedirs=[str(THEME / "templates")],
+                            exclude_input_prompt=True, exclude_output_prompt=True)
+    exporter.register_preprocessor(ExtractOutputPreprocessor(
+        output_filename_template="{unique_key}_{cell_index}_{index}{extension}"), enabled=True)
+    return exporter
+
+
+def convert_chapter(chapter: Chapter, chapters: list[Chapter], out: Path, url: str,
+                    exporter: HTMLExporter | None = None) -> str:
     """Write ``out/NN_name.html`` and its figures; returns the page's HTML."""
     nb = prepare(nbformat.read(ROOT / "notebooks" / chapter.notebook, as_version=4))
     nb.metadata["title"] = f"{chapter.number} · {chapter.title} — {COURSE}"
     i = chapters.index(chapter)
     stem = Path(chapter.notebook).stem
-    exporter = HTMLExporter(template_name=TEMPLATE, extra_template_basedirs=[str(THEME / "templates")],
-                            exclude_input_prompt=True, exclude_output_prompt=True)
-    exporter.register_preprocessor(ExtractOutputPreprocessor(
-        output_filename_template="{unique_key}_{cell_index}_{index}{extension}"), enabled=True)
+    exporter = exporter or chapter_exporter()
     resources = {
         "output_files_dir": f"figures/{stem}",
         "unique_key": stem,
@@ -318,8 +325,9 @@ def build(out: Path, chapters: list[Chapter] | None = None) -> list[Path]:
     pages = [out / "index.html"]
     render_page(out, "index.html", f"{COURSE}: from the rank of a matrix to LoRA", home(chapters, url),
                 "index.html", chapters, url)
+    exporter = chapter_exporter()
     for chapter in chapters:
-        convert_chapter(chapter, chapters, out, url)
+        convert_chapter(chapter, chapters, out, url, exporter)
         pages.append(out / page_name(chapter))
     render_page(out, "references.html", f"References — {COURSE}", references(chapters), "references.html",
                 chapters, url)
