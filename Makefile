@@ -34,7 +34,8 @@ help:
 	@echo "make unit       unit tests only (no notebooks)"
 	@echo "make nbval      execute every notebook and compare with its stored outputs (NB=path to pick one)"
 	@echo "make notebooks  re-execute every notebook and store its outputs (NB=path to pick one)"
-	@echo "make lint       check the stored notebooks (executed, no errors, no machine paths)"
+	@echo "make lint       check the stored notebooks (install cell, executed in order, no errors, no machine paths)"
+	@echo "make site       build the course website from the stored outputs in build/site/ (SITE=folder)"
 	@echo "make student    nbgrader student copies of every chapter in student/ (see README, For instructors)"
 	@echo "make lock       regenerate the locked part of constraints.txt"
 	@echo "make clean      remove .venv, caches and generated files"
@@ -73,8 +74,16 @@ notebooks: venv
 student: venv
 	$(BIN)/python tools/assignments.py
 
+# Standard library only, so it needs no .venv; tests/test_lint.py runs it as part of `make test`.
 lint:
-	$(PYTHON) ../shared/tools/notebook_lint.py notebooks
+	$(PYTHON) tools/notebook_lint.py notebooks
+
+# The course website from the notebooks' stored outputs (nothing is executed): open $(SITE)/index.html.
+# tests/test_site.py builds it the same way and opens every page in headless Chromium.
+.PHONY: site
+SITE ?= build/site
+site: venv
+	$(BIN)/python tools/site.py --out $(SITE)
 
 lock:
 	$(PYTHON) tools/update_constraints.py
