@@ -159,8 +159,8 @@ def draw_rank_steps(ax: Axes, ts: Sequence[float], values: Sequence[int], color:
 def slider_figure(matrix_of_t: Callable[[float], Any], t: float = 0.5, ts: Sequence[float] | None = None) -> Figure:
     """The slider picture of chapter 01 for ``M(t) = matrix_of_t(t)`` (shape ``(3, 3)``).
 
-    Left: the plane of M's first two columns, the third column as an arrow and, dashed, its gap to that plane
-    (the title gives the rank and the gap). Right, in two panels with their own y-axes (a volume and a count
+    Left: :func:`draw_column_space` of M — the plane of its first two columns and, while the third is outside it,
+    that column's gap to the plane dashed (the title gives the rank and the gap). Right, in two panels with their own y-axes (a volume and a count
     are different quantities): ``|det M(s)|`` on top and ``rank M(s)`` (:func:`numeric_rank`, drawn with
     :func:`draw_rank_steps`) below, for ``s`` in ``ts`` (default 101 points from 0 to 1), each with a dotted
     line at ``t``.
@@ -176,11 +176,9 @@ def slider_figure(matrix_of_t: Callable[[float], Any], t: float = 0.5, ts: Seque
     grid = fig.add_gridspec(2, 2, width_ratios=[1.2, 1])
     ax = fig.add_subplot(grid[:, 0], projection="3d")
     ax.view_init(elev=20, azim=-40)  # before drawing: the labels are placed for this view
-    draw_column_space(ax, M[:, :2], f"t = {t:.2f}: rank {numeric_rank(M)}, gap {gap:.2f}",
+    # rank 3: the box, the plane of a1, a2 and the gap of a3 dashed; rank 2: the plane, with a3 in it
+    draw_column_space(ax, M, f"t = {t:.2f}: rank {numeric_rank(M)}, gap {gap:.2f}",
                       half_width=1.1 * float(np.abs(M).max()))
-    ax.quiver(0, 0, 0, *M[:, 2], color=COLORS[2], lw=2, arrow_length_ratio=0.12)
-    ax.text(*(1.08 * M[:, 2]), "$a_3$", color=COLORS[2])
-    ax.plot(*np.column_stack([M[:, 2], foot]), "k--", lw=1.5)  # the gap to the plane
     ax.set_box_aspect(None, zoom=1.05)
     volume = fig.add_subplot(grid[0, 1])
     dets = [abs(np.linalg.det(np.asarray(matrix_of_t(s), dtype=float))) for s in ts]

@@ -141,7 +141,12 @@ def test_slider_figure():
     assert isinstance(fig, Figure) and len(fig.axes) == 3
     space, volume, count = fig.axes
     assert space.get_title() == "t = 0.50: rank 3, gap 0.87"  # gap (1 - t)·|n| = 0.5·√3
-    assert arrows(space) == 3 and surfaces(space) == 1
+    assert arrows(space) == 3 and surfaces(space) == 7  # the box and the plane of a1, a2 (draw_column_space)
+    (gap,) = space.lines
+    ends = np.array(gap.get_data_3d()).T
+    assert np.allclose(ends[0], third_column(0.5)[:, 2]) and np.linalg.norm(ends[0] - ends[1]) == pytest.approx(0.5 * np.sqrt(3))
+    labels = [text.get_text() for text in space.texts]
+    assert labels == ["$a_1$", "$a_2$", "$a_3$"]  # placed together, so a2's label avoids a3's arrow
     # |det| and the rank on their own y-axes: on one axis both started at (0, 3), because |det M(0)| = |n|² = 3
     assert (volume.get_ylabel(), count.get_ylabel()) == ("|det M(t)|", "rank M(t)")
     assert [h.get_label() for h in volume.get_legend().legend_handles] == ["|det M(t)|, the box volume", "t = 0.50"]
@@ -151,7 +156,8 @@ def test_slider_figure():
     _, filled, hollow = segments_and_dots(count)
     assert [(d.get_xdata()[0], d.get_ydata()[0]) for d in filled] == [(1.0, 2)]
     assert [(d.get_xdata()[0], d.get_ydata()[0]) for d in hollow] == [(1.0, 3)]
-    assert plots.slider_figure(third_column, 1.0).axes[0].get_title() == "t = 1.00: rank 2, gap 0.00"
+    at_one = plots.slider_figure(third_column, 1.0).axes[0]
+    assert at_one.get_title() == "t = 1.00: rank 2, gap 0.00" and surfaces(at_one) == 1 and not at_one.lines
     with pytest.raises(ValueError, match="3×3"):
         plots.slider_figure(lambda t: np.ones((3, 2)))
 
