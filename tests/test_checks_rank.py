@@ -371,7 +371,8 @@ def test_float_pivots_choice(capsys):
 def test_float_pivot_options_are_what_the_checks_grade():
     options = checks.FLOAT_PIVOT_OPTIONS
     assert sorted(options) == ["a", "b", "c", "d"]
-    assert "within about 1e-16 of a singular matrix" in options["c"]  # n·3e-17 = 9e-17, rounded up
+    assert "within about 1e-16 of a singular one" in options["c"]  # n·3e-17 = 9e-17, rounded up
+    assert all(len(f'"{k}": {v}') <= 110 for k, v in options.items())  # one printed line each
     # the right option no longer repeats the prose above the exercise ("neither follows ... singular values")
     assert "singular values with a tolerance" not in options["c"]
 

@@ -613,9 +613,8 @@ FLOAT_PIVOT_OPTIONS = {
     "a": f"the rank is {_N_FLOAT}: no pivot is exactly zero",
     "b": f"the rank is exactly {_N_FLOAT - 1}: the last pivot is tiny",
     "c": f"the matrix is within about {10.0 ** math.ceil(math.log10(_N_FLOAT * min(FLOAT_PIVOTS))):.0e} of a "
-         "singular matrix (plus the "
-         "elimination's rounding), but its exact rank does not follow",
-    "d": "nothing about singularity follows: in floating point, pivots say nothing about the singular values",
+         "singular one (plus rounding), but its exact rank does not follow",
+    "d": "nothing: in floating point, the pivots say nothing about how close to singular the matrix is",
 }
 _FLOAT_CHOICES = {
     "a": "A pivot that is not exactly 0 proves little: rounding almost never produces an exact 0, even for the "
