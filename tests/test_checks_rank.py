@@ -425,10 +425,11 @@ def test_float_pivots_choice_wrong(answer, message):
 # ----------------------------------------------------------------------------- chapter 02: elimination in code
 
 
-def learner_elimination(M, *, exact=True, swap=True, diagonal=False):
+def learner_elimination(M, *, exact=True, swap=True, diagonal=False, tol=None, row_counter=False):
     """A learner's forward elimination, counting pivots — right with the defaults, or with one usual slip:
-    floats instead of Fractions, no swap (a 0 in the pivot position ends the column), or the pivot of column k
-    looked for in row k (a column without a pivot uses up a row)."""
+    floats instead of Fractions, no swap (a 0 in the pivot position ends the column), the pivot of column k
+    looked for in row k (a column without a pivot uses up a row), partial pivoting with a zero test
+    abs(x) < tol, or returning a row counter that moves down in every column, pivot or not."""
     rows = [[Fraction(x) if exact else float(x) for x in row] for row in M]
     m, n = len(rows), len(rows[0])
     r = pivots = 0
@@ -436,56 +437,32 @@ def learner_elimination(M, *, exact=True, swap=True, diagonal=False):
         r = c if diagonal else r
         if r == m:
             break
-        p = next((i for i in (range(r, m) if swap else [r]) if rows[i][c] != 0), None)
+        if tol is None:
+            p = next((i for i in (range(r, m) if swap else [r]) if rows[i][c] != 0), None)
+        else:  # the largest entry is the pivot, if it is not "small"
+            p = max(range(r, m), key=lambda i: abs(rows[i][c]))
+            p = None if abs(rows[p][c]) < tol else p
         if p is None:
+            r += row_counter
             continue
         rows[r], rows[p] = rows[p], rows[r]
         for i in range(r + 1, m):
             f = rows[i][c] / rows[r][c]
             rows[i] = [a - f * b for a, b in zip(rows[i], rows[r])]
         r, pivots = r + 1, pivots + 1
-    return pivots
+    return r if row_counter else pivots
 
 
 def rank_by_elimination(M):
     return learner_elimination(M)
 
 
-def row_counter_moves_in_every_column(M):
-    """Returns the row counter, which moves down in every column, pivot or not (so it ends at min(m, n))."""
-    rows = [[Fraction(x) for x in row] for row in M]
-    m, n = len(rows), len(rows[0])
-    r = 0
-    for c in range(n):
-        if r == m:
-            break
-        p = next((i for i in range(r, m) if rows[i][c] != 0), None)
-        if p is not None:
-            rows[r], rows[p] = rows[p], rows[r]
-            for i in range(r + 1, m):
-                f = rows[i][c] / rows[r][c]
-                rows[i] = [a - f * b for a, b in zip(rows[i], rows[r])]
-        r += 1
-    return r
+def row_counter_moves_in_every_column(M):  # so it ends at min(m, n)
+    return learner_elimination(M, row_counter=True)
 
 
-def float_with_tolerance(M):
-    """Floats, partial pivoting and a zero test abs(x) < 1e-9: right on every integer matrix and on 1/3, 1/10."""
-    rows = [[float(x) for x in row] for row in M]
-    m, n = len(rows), len(rows[0])
-    r = 0
-    for c in range(n):
-        if r == m:
-            break
-        p = max(range(r, m), key=lambda i: abs(rows[i][c]))
-        if abs(rows[p][c]) < 1e-9:
-            continue
-        rows[r], rows[p] = rows[p], rows[r]
-        for i in range(r + 1, m):
-            f = rows[i][c] / rows[r][c]
-            rows[i] = [a - f * b for a, b in zip(rows[i], rows[r])]
-        r += 1
-    return r
+def float_with_tolerance(M):  # right on every integer matrix and on 1/3, 1/10
+    return learner_elimination(M, exact=False, tol=1e-9)
 
 
 def fraction_of_float(M):
