@@ -42,9 +42,46 @@ def _columns3(A: Any, name: str = "A") -> np.ndarray:
     return arr
 
 
+def _label_arrows(ax: Any, A: np.ndarray, L: float, names: Sequence[str], colors: Sequence[str]) -> None:
+    """Label each column of ``A`` (an arrow from the origin) beside its tip, on the side — across the arrow as seen
+    from the current view — that is farther from the other arrows and the labels already placed, so that labels
+    of (nearly) parallel arrows sit neither on each other nor on an arrow. Set the view (``ax.view_init``) first."""
+    elev, azim = np.radians(ax.elev), np.radians(ax.azim)
+    toward_viewer = np.array([np.cos(elev) * np.cos(azim), np.cos(elev) * np.sin(azim), np.sin(elev)])
+
+    def on_screen(p: np.ndarray) -> np.ndarray:  # drop the component along the line of sight
+        return p - (p @ toward_viewer) * toward_viewer
+
+    def to_segment(p: np.ndarray, tip: np.ndarray) -> float:  # screen distance from p to the arrow 0 -> tip
+        p, tip = on_screen(p), on_screen(tip)
+        k = float(np.clip(p @ tip / max(float(tip @ tip), 1e-300), 0.0, 1.0))
+        return float(np.linalg.norm(p - k * tip))
+
+    placed: list[np.ndarray] = []
+    for j, (name, color) in enumerate(zip(names, colors)):
+        tip = A[:, j]
+        side = np.cross(tip, toward_viewer)  # across the arrow on the screen
+        if np.linalg.norm(side) < 1e-9 * max(1.0, float(np.linalg.norm(tip))):
+            side = np.cross([1.0, 0.0, 0.0], toward_viewer)
+        side = side / np.linalg.norm(side)
+        candidates = [tip + 0.13 * L * sign * side for sign in (1, -1)]
+        others = [A[:, k] for k in range(A.shape[1]) if k != j]
+
+        def clearance(p: np.ndarray) -> float:
+            gaps = [to_segment(p, other) for other in others]
+            gaps += [float(np.linalg.norm(on_screen(p - q))) for q in placed]
+            return min(gaps, default=np.inf)
+
+        best = max(candidates, key=clearance)
+        placed.append(best)
+        ax.text(*best, name, color=color, ha="center", va="center")
+
+
 def draw_column_space(ax: Any, A: Any, title: str = "", half_width: float | None = None) -> Any:
     """Draw the columns of ``A`` (shape ``(3, n)``, ``n <= 3``) as arrows from the origin on the 3-D axes ``ax``,
     and shade their span: a grey line (rank 1), a grey plane (rank 2) or the faces of the box (rank 3).
+    For rank 3 the plane of the first two pivot columns is drawn too, with the third column's gap to it dashed:
+    how far the columns are from lying in one plane.
 
     The span is found from the pivot columns of ``A`` (exact elimination), made orthonormal with a QR
     factorization. ``half_width`` is the half-size of the drawn box (default: 1.1 × the largest entry).
@@ -62,13 +99,17 @@ def draw_column_space(ax: Any, A: Any, title: str = "", half_width: float | None
     elif len(pivots) == 2:  # a plane through the origin
         Q, _ = np.linalg.qr(A[:, pivots])
         ax.plot_surface(*(Q[:, :1, None] * s + Q[:, 1:, None] * t), color="gray", alpha=0.25)
-    elif len(pivots) == 3:  # everything: shade the six faces of the box
+    elif len(pivots) == 3:  # everything: shade the six faces of the box ...
         for k in range(3):
             for side in (-L, L):
-                ax.plot_surface(*np.roll([s, t, np.full_like(s, side)], k, axis=0), color="gray", alpha=0.08)
+                ax.plot_surface(*np.roll([s, t, np.full_like(s, side)], k, axis=0), color="gray", alpha=0.05)
+        Q, _ = np.linalg.qr(A[:, pivots[:2]])  # ... and the plane of the first two, with the third's gap to it
+        ax.plot_surface(*(Q[:, :1, None] * s + Q[:, 1:, None] * t), color="gray", alpha=0.25)
+        third = A[:, pivots[2]]
+        ax.plot(*np.column_stack([third, Q @ (Q.T @ third)]), "k--", lw=1.5)
     for j in range(A.shape[1]):
         ax.quiver(0, 0, 0, *A[:, j], color=COLORS[j], lw=2, arrow_length_ratio=0.12)
-        ax.text(*(1.08 * A[:, j]), f"$a_{j + 1}$", color=COLORS[j])
+    _label_arrows(ax, A, L, [f"$a_{j + 1}$" for j in range(A.shape[1])], COLORS)
     ax.set(xlim=(-L, L), ylim=(-L, L), zlim=(-L, L), xlabel="x", ylabel="y", zlabel="z", title=title)
     ax.set_box_aspect(None, zoom=0.85)
     return ax
@@ -118,9 +159,10 @@ def draw_rank_steps(ax: Axes, ts: Sequence[float], values: Sequence[int], color:
 def slider_figure(matrix_of_t: Callable[[float], Any], t: float = 0.5, ts: Sequence[float] | None = None) -> Figure:
     """The slider picture of chapter 01 for ``M(t) = matrix_of_t(t)`` (shape ``(3, 3)``).
 
-    Left: the plane of M's first two columns, the third column as an arrow and, dashed, its gap to that plane
-    (the title gives the rank and the gap). Right: ``|det M(s)|`` and ``rank M(s)`` (:func:`numeric_rank`) for
-    ``s`` in ``ts`` (default 101 points from 0 to 1), the rank drawn with :func:`draw_rank_steps`, and a dotted
+    Left: :func:`draw_column_space` of M — the plane of its first two columns and, while the third is outside it,
+    that column's gap to the plane dashed (the title gives the rank and the gap). Right, in two panels with their own y-axes (a volume and a count
+    are different quantities): ``|det M(s)|`` on top and ``rank M(s)`` (:func:`numeric_rank`, drawn with
+    :func:`draw_rank_steps`) below, for ``s`` in ``ts`` (default 101 points from 0 to 1), each with a dotted
     line at ``t``.
     """
     M = _columns3(matrix_of_t(t), "matrix_of_t(t)")
@@ -131,23 +173,24 @@ def slider_figure(matrix_of_t: Callable[[float], Any], t: float = 0.5, ts: Seque
     foot = Q @ (Q.T @ M[:, 2])  # the point of the plane closest to the third column
     gap = float(np.linalg.norm(M[:, 2] - foot))
     fig = plt.figure(figsize=(10, 4.4))
-    grid = fig.add_gridspec(1, 2, width_ratios=[1.2, 1])
-    ax = fig.add_subplot(grid[0], projection="3d")
-    draw_column_space(ax, M[:, :2], f"t = {t:.2f}: rank {numeric_rank(M)}, gap {gap:.2f}",
+    grid = fig.add_gridspec(2, 2, width_ratios=[1.2, 1])
+    ax = fig.add_subplot(grid[:, 0], projection="3d")
+    ax.view_init(elev=20, azim=-40)  # before drawing: the labels are placed for this view
+    # rank 3: the box, the plane of a1, a2 and the gap of a3 dashed; rank 2: the plane, with a3 in it
+    draw_column_space(ax, M, f"t = {t:.2f}: rank {numeric_rank(M)}, gap {gap:.2f}",
                       half_width=1.1 * float(np.abs(M).max()))
-    ax.quiver(0, 0, 0, *M[:, 2], color=COLORS[2], lw=2, arrow_length_ratio=0.12)
-    ax.text(*(1.08 * M[:, 2]), "$a_3$", color=COLORS[2])
-    ax.plot(*np.column_stack([M[:, 2], foot]), "k--", lw=1.5)  # the gap to the plane
-    ax.view_init(elev=20, azim=-40)
     ax.set_box_aspect(None, zoom=1.05)
-    ax2 = fig.add_subplot(grid[1])
-    ax2.plot(ts, [abs(np.linalg.det(np.asarray(matrix_of_t(s), dtype=float))) for s in ts],
-             label="|det M(t)|, the box volume")
-    draw_rank_steps(ax2, ts, [numeric_rank(matrix_of_t(s)) for s in ts], label="rank M(t)")
-    ax2.axvline(t, color=COLORS[2], ls=":", label=f"t = {t:.2f}")
-    ax2.set(xlabel="t", ylabel="|det| and rank", ylim=(-0.1, 3.3),
-            title="|det| shrinks smoothly; the rank is a whole number")
-    ax2.legend(loc="lower left")
+    volume = fig.add_subplot(grid[0, 1])
+    dets = [abs(np.linalg.det(np.asarray(matrix_of_t(s), dtype=float))) for s in ts]
+    volume.plot(ts, dets, label="|det M(t)|, the box volume")
+    volume.set(ylabel="|det M(t)|", ylim=(-0.05 * max(dets), 1.1 * max(dets)), title="|det| shrinks smoothly ...")
+    count = fig.add_subplot(grid[1, 1], sharex=volume)
+    draw_rank_steps(count, ts, [numeric_rank(matrix_of_t(s)) for s in ts], label="rank M(t)")
+    count.set(xlabel="t", ylabel="rank M(t)", ylim=(-0.2, 3.4), yticks=range(4), title="... the rank only jumps")
+    for panel in (volume, count):
+        panel.axvline(t, color=COLORS[2], ls=":", label=f"t = {t:.2f}")
+        panel.legend(loc="lower left", fontsize=8)
+    volume.tick_params(labelbottom=False)
     fig.tight_layout()
     return fig
 

@@ -300,7 +300,17 @@ class AddMultiple(RowOp):
         return sympy.ImmutableMatrix(out)
 
 
-_TERM = re.compile(r"([+-]?)(?:\(([+-]?\d+(?:/\d+)?)\)|(\d+(?:/\d+)?))?\*?R(\d+)(?:/(\d+))?")
+_NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)"  # 2, 2.0, 0.5, .5
+_TERM = re.compile(rf"([+-]?)(?:\(([+-]?{_NUMBER}(?:/{_NUMBER})?)\)|({_NUMBER}(?:/{_NUMBER})?))?\*?R(\d+)(?:/({_NUMBER}))?")
+
+
+def _exact_number(text: str, where: str) -> Fraction:
+    """``"2"``, ``"0.5"``, ``"1/3"``, ``"-1.5/2"`` as an exact Fraction (decimals as written: 0.1 is 1/10)."""
+    numerator, _, denominator = text.partition("/")
+    value, divisor = Fraction(numerator), Fraction(denominator or 1)
+    if divisor == 0:
+        raise ValueError(f"{where!r} divides by 0.")
+    return value / divisor
 
 
 def parse_step(text: str) -> RowOp:
@@ -308,12 +318,13 @@ def parse_step(text: str) -> RowOp:
 
     Forgiving about spaces, ``*``, parentheses, ``r``/``R``, the arrows ``<-``, ``←``, ``=``, ``<->``, ``↔``,
     the textbook arrow pointing the other way (``R2 - 2R1 -> R2``, ``→``) and the order of terms
-    (``R2 <- -2R1 + R2``); ``R2 <- R2/3`` is a scaling. Raises ``ValueError`` with a hint for anything that
-    is not one elementary row operation.
+    (``R2 <- -2R1 + R2``), ``R_2`` for ``R2``; ``R2 <- R2/3`` is a scaling. Multipliers may be whole numbers,
+    fractions or decimals, read exactly as written (``0.5`` is ``1/2``, ``2.0`` is ``2``). Raises ``ValueError``
+    with a hint for anything that is not one elementary row operation.
     """
     if not isinstance(text, str):
         raise TypeError(f"a row operation is a string such as 'R2 <- R2 - 2*R1', not {type(text).__name__}.")
-    s = re.sub(r"\s+", "", text).replace("r", "R").replace("−", "-")
+    s = re.sub(r"[\s_]+", "", text).replace("r", "R").replace("−", "-")  # "R_2" is R2
     s = s.replace("↔", "<->").replace("<=>", "<->").replace("←", "<-").replace(":=", "<-").replace("·", "*")
     s = s.replace("×", "*").replace("→", "->")
     if "->" in s and "<->" not in s and s.count("->") == 1:  # "R2 - 2R1 -> R2": the target on the right
@@ -340,9 +351,9 @@ def parse_step(text: str) -> RowOp:
         sign, paren, plain, row, divisor = m.groups()
         if pos > 0 and not sign:
             raise ValueError(f"terms in {text!r} must be joined by + or -. {hint}")
-        coef = Fraction(paren or plain or 1) * (-1 if sign == "-" else 1)
+        coef = _exact_number(paren or plain or "1", text) * (-1 if sign == "-" else 1)
         if divisor:
-            coef /= int(divisor)
+            coef *= _exact_number(f"1/{divisor}", text)
         terms[int(row) - 1] = terms.get(int(row) - 1, Fraction(0)) + coef
         pos = m.end()
     if target < 0 or min(terms, default=0) < 0:
@@ -462,7 +473,9 @@ def row_echelon(M: Any, reduced: bool = False) -> EchelonForm:
     from the rows below. That gives a row echelon form (REF, not unique in general: SymPy's
     ``echelon_form`` may differ, with the same pivots). ``reduced=True`` continues (Gauss–Jordan): each
     pivot row is scaled to make the pivot 1 and multiples of it are subtracted from the rows above, which
-    gives the *reduced* row echelon form — unique, and equal to SymPy's ``Matrix.rref()``.
+    gives the *reduced* row echelon form — unique, and equal to SymPy's ``Matrix.rref()`` for exact input
+    (integers, fractions). For floats the two can differ: SymPy computes with the rounded floats, this function
+    with their exact binary values (``[[0.15, -0.35], [-0.27, 0.63]]``: SymPy finds one pivot, this two).
 
     Entries are converted exactly (see :func:`to_fractions`; floats keep their exact binary value).
     Returns an :class:`EchelonForm`; raises ``TypeError``/``ValueError`` for input that is not a finite

@@ -9,7 +9,7 @@ from fractions import Fraction
 
 from lora_edu.checks import Feedback, NotAnswered
 from lora_edu.checks import rank as checks
-from lora_edu.rank import exact_rank, parse_step, row_echelon
+from lora_edu.rank import apply_steps, default_tolerance, exact_rank, numeric_rank, parse_step, row_echelon
 
 
 def passes(capsys, fn, *args) -> str:
@@ -33,9 +33,28 @@ def test_exercise_matrices_have_the_properties_the_text_claims():
     # "A 3×5 matrix whose columns span a plane": the example the row-rank check computes on
     assert np.shape(checks.ROW_RANK_EXAMPLE) == checks.ROW_RANK_SHAPE == (3, 5)
     assert sympy.Matrix(checks.ROW_RANK_EXAMPLE).rank() == 2
-    # the slider's matrix loses rank only at t = 1 (SymPy solves det M(t) = 0 inside the check)
-    assert checks._slider_drop() == 1
-    assert sympy.Matrix(checks._slider_matrix(sympy.Rational(99, 100))).rank() == 3
+    # "close, but not in": the third column (2, 3, s) lies in the plane of a1, a2 only at s = 5
+    assert checks._near_plane_root() == 5
+    n = np.cross(*checks.NEAR_PLANE_COLUMNS)
+    assert n @ [2, 3, 5] == 0 and sympy.Matrix(checks.near_plane_matrix(5)).rank() == 2
+    assert sympy.Matrix(checks.near_plane_matrix(5 + checks.NEAR_PLANE_NUDGE)).rank() == 3
+    assert checks.near_plane_matrix(Fraction(5)) == checks.near_plane_matrix(5)
+
+
+def test_measured_matrix_is_low_rank_plus_errors_with_a_gap():
+    clean, errors = checks._measured_parts()
+    X = checks.measured_matrix()
+    assert X.shape == checks.MEASURED_SHAPE and np.array_equal(X, clean + errors)
+    assert np.array_equal(checks.measured_matrix(), X)  # the same matrix every call
+    assert np.allclose(np.linalg.svd(clean, compute_uv=False)[:3], checks.MEASURED_SINGULAR_VALUES)
+    assert numeric_rank(clean) == 3 and numeric_rank(X) == min(X.shape)  # the default tolerance counts the errors
+    (m, n), s = X.shape, checks.MEASUREMENT_ERROR
+    assert abs(errors.std() / s - 1) < 0.2  # errors of size s
+    spread = s * (np.sqrt(m) + np.sqrt(n))  # the message's estimate of the errors' largest singular value
+    assert 0.5 * spread < np.linalg.svd(errors, compute_uv=False)[0] < spread
+    S = np.linalg.svd(X, compute_uv=False)
+    assert S[2] / S[3] > 8 and S[3] < spread < S[2] / 5  # a clear gap: tol = 1e-2 works, 1e-3 and 1e-1 do not
+    assert numeric_rank(X, tol=1e-2) == 3 and numeric_rank(X, tol=1e-3) > 3 and numeric_rank(X, tol=1e-1) == 2
 
 
 def test_messages_name_the_dependencies_computed_from_the_matrices():
@@ -64,7 +83,9 @@ def test_column_combination(capsys):
     (None, "no answer yet"),
     ((1, -2), "wrong order"),
     ((2, -1), "minus column 3"),
-    ((1, 1), r"= \[5.0, 7.0, 9.0\], but column 3 is \[2.0, 1.0, 0.0\]"),
+    ((1, 1), r"= \(5, 7, 9\), but column 3 is \(2, 1, 0\)"),
+    # printed [2.0000001000000003, 1.0000002000000001, 2.9999999995311555e-07] before
+    ((-1.9999999, 1), r"-1.9999999·column 1 \+ 1·column 2 = \(2, 1, 3e-07\), but column 3 is \(2, 1, 0\)"),
     ((1, 2, 3), "exactly 2 numbers"),
     ("two", "should be 2 numbers"),
 ])
@@ -73,7 +94,10 @@ def test_column_combination_wrong(answer, message):
         checks.check_column_combination(answer)
 
 
-@pytest.mark.parametrize("answer", ["plane", " Plane ", "a plane", "2D plane", "A 2-D plane", "the plane"])
+@pytest.mark.parametrize("answer", ["plane", " Plane ", "a plane", "2D plane", "A 2-D plane", "the plane",
+                                    # rejected before ("should be one of the words"):
+                                    "plane through the origin", "a plane in R^3", "2-dimensional", "two-dimensional",
+                                    "2D", "a 2-dimensional subspace"])
 def test_column_space_picture(capsys, answer):
     out = passes(capsys, checks.check_column_space_picture, answer)
     assert "column 3 = column 1 + column 2" in out  # computed from PICTURE_MATRIX's RREF
@@ -88,8 +112,14 @@ def test_column_space_picture(capsys, answer):
     ("point", "zero matrix"),
     ("cube", "one of the words"),
     ("not a plane", "one of the words"),
+    ("isn't a line", "one of the words"),
     ("plane or line", "one of the words"),
-    (2, "one of the words"),
+    ("3-dimensional", "three independent columns"),
+    (2, "is a number — a dimension"),  # "should be one of the words" before
+    ("2", "is a number — a dimension"),
+    (2.0, "is a number — a dimension"),
+    ("R^2", "names a whole space R\\^k.*live in R³"),
+    ("ℝ²", "names a whole space"),
     (None, "no answer yet"),
 ])
 def test_column_space_picture_wrong(answer, message):
@@ -97,29 +127,30 @@ def test_column_space_picture_wrong(answer, message):
         checks.check_column_space_picture(answer)
 
 
-@pytest.mark.parametrize("rank, t", [(3, 1.0), (3, 1), (3.0, Fraction(1)), (np.int64(3), sympy.Integer(1)),
-                                     (sympy.Integer(3), np.float64(1.0)), (3, np.array(1.0))])
-def test_near_plane(capsys, rank, t):
-    passes(capsys, checks.check_near_plane, rank, t)
+@pytest.mark.parametrize("s, rank", [(5, 3), (5.0, 3), (Fraction(5), 3.0), (np.float64(5), np.int64(3)),
+                                     (sympy.Integer(5), sympy.Integer(3)), (np.array(5.0), 3)])
+def test_near_plane(capsys, s, rank):
+    out = passes(capsys, checks.check_near_plane, s, rank)
+    assert "only at s = 5 (rank 2)" in out and "at s = 5.001 it is 0.000577 away" in out and "rank 3" in out
 
 
-@pytest.mark.parametrize("rank, t, message", [
-    (2, 1.0, "Close to the plane is not in the plane"),
-    (None, 1.0, "rank_at_099` has no answer"),
-    (3, None, "t_where_rank_drops` has no answer"),
-    (3, 0.99, "still 0.0173 away"),
-    (3, 0.5, "still 0.8660 away"),
-    (3, 1 - 1e-13, "still 1.7e-13 away from the plane — tiny, but not zero"),  # passed before (abs_tol 1e-12)
-    (3, 1 - 2**-53, "tiny, but not zero"),  # the float just below 1
-    (3, Fraction(999, 1000), "still 0.0017 away"),
-    (3, 1.5, "outside the slider"),
-    (3, 1 + 1e-15, "outside the slider"),
-    (3, "1", "should be a number"),
-    (3, True, "should be a number"),
+@pytest.mark.parametrize("s, rank, message", [
+    (5, 2, "Close to the plane is not in the plane: at s = 5.001 the third column is still 0.000577 away"),
+    (None, 3, "s_in_plane` has no answer"),
+    (5, None, "rank_just_off` has no answer"),
+    (4.99, 3, "still 0.00577 away"),
+    (-5, 3, r"still 5.77 away.*n = a1 × a2 = \(-1, -1, 1\)"),
+    (1, 3, "still 2.31 away"),
+    (5 + 1e-12, 3, "still 5.77e-13 away from the plane of columns 1 and 2 — tiny, but not zero"),
+    (Fraction(4999, 1000), 3, "still 0.000577 away"),
+    ("5", 3, "should be a number"),
+    (True, 3, "should be a number"),
+    (float("inf"), 3, "finite number"),
+    (5, 2.5, "whole number"),
 ])
-def test_near_plane_wrong(rank, t, message):
+def test_near_plane_wrong(s, rank, message):
     with pytest.raises(Feedback, match=message):
-        checks.check_near_plane(rank, t)
+        checks.check_near_plane(s, rank)
 
 
 def test_row_rank(capsys):
@@ -164,36 +195,36 @@ def test_product_bound_wrong(answer, message):
         checks.check_product_bound(answer)
 
 
-def right_tol(M):
-    return np.linalg.svd(M, compute_uv=False).max() * max(M.shape) * np.finfo(M.dtype).eps
+@pytest.mark.parametrize("tol", [1e-2, 2e-2, 0.04, np.float32(1e-2), np.array(1e-2), 1])
+def test_noise_tol(capsys, tol):
+    if tol == 1:  # above σ3: wrong (checked in the next test); everything else here lies in the gap
+        return
+    out = passes(capsys, checks.check_noise_tol, tol)
+    assert "rank 3" in out and "σ4 = " in out and "σ3 = 0.05" in out
 
 
-def test_default_tol(capsys):
-    passes(capsys, checks.check_default_tol, right_tol)
-    passes(capsys, checks.check_default_tol, lambda M: np.array([right_tol(M)]))
-    passes(capsys, checks.check_default_tol, right_tol, 3)
-
-
-def _sv(M):
-    return np.linalg.svd(M, compute_uv=False)
-
-
-@pytest.mark.parametrize("wrong, message", [
-    (lambda M: _sv(M).max() * min(M.shape) * np.finfo(M.dtype).eps, r"min\(m, n\) instead of max"),
-    (lambda M: _sv(M).min() * max(M.shape) * np.finfo(M.dtype).eps, "smallest singular value"),
-    (lambda M: _sv(M).max() * np.finfo(M.dtype).eps, "no factor max"),
-    (lambda M: max(M.shape) * np.finfo(M.dtype).eps, "no singular value"),
-    (lambda M: _sv(M).max() * max(M.shape) * np.finfo(float).eps, "float64's eps for a float32"),
-    (lambda M: np.abs(M).max() * max(M.shape) * np.finfo(M.dtype).eps, "largest entry"),
-    (lambda M: 1e-10, "The formula is"),
-    (lambda M: _sv(M), "should return one number"),
-    (lambda M: None, "forget the `return`"),
+@pytest.mark.parametrize("tol, message", [
+    (1e-3, r"= 9: 0.001 is about the size of one error, .*0.001·\(√10 \+ √12\) ≈ 6.6e-03"),  # the noise size
+    (3e-3, r"= 6: 3 singular values at the level of the errors \(the largest is σ4 = 4.9e-03\)"),
+    (1e-14, "far below the errors.*default tolerance covers only the SVD's own rounding"),
+    (0.1, r"= 2: your tol is above σ3 = 0.051.*a direction of the matrix itself"),
+    (2, r"= 1: your tol is above σ2 = 1"),
+    (0, "positive number"),
+    (-1e-2, "positive number"),
+    (float("nan"), "positive number"),
+    ("1e-2", "one positive number"),
+    (True, "one positive number"),
     (None, "no answer yet"),
-    (3.0, "should be a function"),
 ])
-def test_default_tol_wrong(wrong, message):
+def test_noise_tol_wrong(tol, message):
     with pytest.raises(Feedback, match=message):
-        checks.check_default_tol(wrong)
+        checks.check_noise_tol(tol)
+
+
+def test_noise_tol_default_tolerance_is_wrong_for_measured_data():
+    X = checks.measured_matrix()
+    with pytest.raises(Feedback, match="far below the errors"):
+        checks.check_noise_tol(default_tolerance(X))
 
 
 # ----------------------------------------------------------------------------- chapter 02
@@ -201,10 +232,12 @@ def test_default_tol_wrong(wrong, message):
 
 def test_next_step_state_is_what_the_text_shows():
     assert checks.next_step_state() == sympy.Matrix([[1, 2, -1], [0, 3, 3], [0, 6, 5]])
+    assert checks.next_step_history() == "R2 <- R2 - 2*R1, R3 <- R3 + 3*R1"
+    assert apply_steps(checks.NEXT_STEP_START, checks.next_step_history().split(", ")) == checks.next_step_state()
 
 
 @pytest.mark.parametrize("answer", ["R3 <- R3 - 2*R2", "R3 = R3 - 2 R2", "R3 <- -2*R2 + R3", "r3 <- r3 + (-2)*r2",
-                                    "R3 - 2R2 -> R3"])
+                                    "R3 - 2R2 -> R3", "R3 <- R3 - 2.0*R2", "R_3 <- R_3 - 2R_2"])
 def test_next_step(capsys, answer):
     out = passes(capsys, checks.check_next_step, answer)
     assert "row echelon form with 3 pivots" in out
@@ -228,6 +261,7 @@ def test_next_step_accepts_the_other_two_conventions_and_names_them(capsys):
     ("R3 <- R3 + 2*R2", "entry below the second pivot is 12"),
     ("R3 <- R3 - 3*R2", "entry below the second pivot is -3"),
     ("R3 <- R3 - (1/2)*R2", "multiplier is"),
+    ("R3 <- R3 - 0.5*R2", "entry below the second pivot is 9/2"),  # "Cannot read" before
     ("R3 <- R3 - 6*R1", "uses R1"),
     ("R2 <- R2 - 3*R1", "row holding the second pivot"),
     ("R1 <- R1 - R2", "R1 is finished"),
@@ -329,18 +363,30 @@ def test_rref_dependency_wrong(answer, message):
 
 def test_float_pivots_choice(capsys):
     out = passes(capsys, checks.check_float_pivots_choice, "c")
-    assert "states and checks" in out and "proves" not in out and "spectral norm" in out
+    assert "3·3e-17 = 9e-17" in out and "cannot say" in out and "spectral norm" in out
     passes(capsys, checks.check_float_pivots_choice, " C ")
+    passes(capsys, checks.check_float_pivots_choice, "(c)")
+
+
+def test_float_pivot_options_are_what_the_checks_grade():
+    options = checks.FLOAT_PIVOT_OPTIONS
+    assert sorted(options) == ["a", "b", "c", "d"]
+    assert "within about 1e-16 of a singular one" in options["c"]  # n·3e-17 = 9e-17, rounded up
+    assert all(len(f'"{k}": {v}') <= 110 for k, v in options.items())  # one printed line each
+    # the right option no longer repeats the prose above the exercise ("neither follows ... singular values")
+    assert "singular values with a tolerance" not in options["c"]
 
 
 def test_float_pivots_feedback_for_b_states_the_pivot_bound():
-    """Option b ("exactly 2") is wrong for the exact rank, but the tiny pivot does bound σ_min: the feedback used
-    to argue with T_n, which speaks against option a, and called the tiny pivot meaningless."""
+    """Option b ("exactly 2") is wrong for the exact rank, but the tiny pivot does bound σ_min."""
     with pytest.raises(Feedback) as info:
         checks.check_float_pivots_choice("b")
     message = str(info.value)
     assert "*close* to a matrix of rank 2" in message and "3·3e-17 = 9e-17" in message
-    assert "*exactly* 2" in message and "T_n" in message
+    assert "*exactly* 2" in message and "diag(4, 1.5, 3e-17)" in message
+    # that diagonal matrix really has these pivots under partial pivoting, and exact rank 3
+    D = np.diag(checks.FLOAT_PIVOTS)
+    assert exact_rank(D) == 3 and all(np.argmax(np.abs(D[k:, k])) == 0 for k in range(3))
 
 
 def test_pivot_bound_holds_for_partial_pivoting():
@@ -367,7 +413,8 @@ def test_pivot_bound_holds_for_partial_pivoting():
 @pytest.mark.parametrize("answer, message", [
     ("a", "rounding almost never produces an exact 0"),
     ("b", "does not show that the rank is \\*exactly\\* 2"),
-    ("d", "not one of the choices"),
+    ("d", "a tiny pivot does say something.*T_n has every pivot 1"),
+    ("e", "not one of the choices"),
     (None, "no answer yet"),
 ])
 def test_float_pivots_choice_wrong(answer, message):
@@ -378,10 +425,11 @@ def test_float_pivots_choice_wrong(answer, message):
 # ----------------------------------------------------------------------------- chapter 02: elimination in code
 
 
-def learner_elimination(M, *, exact=True, swap=True, diagonal=False):
+def learner_elimination(M, *, exact=True, swap=True, diagonal=False, tol=None, row_counter=False):
     """A learner's forward elimination, counting pivots — right with the defaults, or with one usual slip:
-    floats instead of Fractions, no swap (a 0 in the pivot position ends the column), or the pivot of column k
-    looked for in row k (a column without a pivot uses up a row)."""
+    floats instead of Fractions, no swap (a 0 in the pivot position ends the column), the pivot of column k
+    looked for in row k (a column without a pivot uses up a row), partial pivoting with a zero test
+    abs(x) < tol, or returning a row counter that moves down in every column, pivot or not."""
     rows = [[Fraction(x) if exact else float(x) for x in row] for row in M]
     m, n = len(rows), len(rows[0])
     r = pivots = 0
@@ -389,19 +437,37 @@ def learner_elimination(M, *, exact=True, swap=True, diagonal=False):
         r = c if diagonal else r
         if r == m:
             break
-        p = next((i for i in (range(r, m) if swap else [r]) if rows[i][c] != 0), None)
+        if tol is None:
+            p = next((i for i in (range(r, m) if swap else [r]) if rows[i][c] != 0), None)
+        else:  # the largest entry is the pivot, if it is not "small"
+            p = max(range(r, m), key=lambda i: abs(rows[i][c]))
+            p = None if abs(rows[p][c]) < tol else p
         if p is None:
+            r += row_counter
             continue
         rows[r], rows[p] = rows[p], rows[r]
         for i in range(r + 1, m):
             f = rows[i][c] / rows[r][c]
             rows[i] = [a - f * b for a, b in zip(rows[i], rows[r])]
         r, pivots = r + 1, pivots + 1
-    return pivots
+    return r if row_counter else pivots
 
 
 def rank_by_elimination(M):
     return learner_elimination(M)
+
+
+def row_counter_moves_in_every_column(M):  # so it ends at min(m, n)
+    return learner_elimination(M, row_counter=True)
+
+
+def float_with_tolerance(M):  # right on every integer matrix and on 1/3, 1/10
+    return learner_elimination(M, exact=False, tol=1e-9)
+
+
+def fraction_of_float(M):
+    """Exact elimination, but on Fraction(float(x)): the fractions 1/3, 1/10 are rounded on the way in."""
+    return rank_by_elimination([[Fraction(float(x)) for x in row] for row in M])
 
 
 def diagonal_pivots(M):
@@ -431,13 +497,16 @@ def test_elimination_cases_cover_what_the_message_promises(seed):
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_rank_by_elimination(capsys, seed):
     out = passes(capsys, checks.check_rank_by_elimination, rank_by_elimination, seed)
-    assert "agrees with exact_rank on all 10 matrices" in out
+    assert "agrees with exact_rank on all 11 matrices" in out
     passes(capsys, checks.check_rank_by_elimination, lambda M: float(rank_by_elimination(M)), seed)
 
 
 @pytest.mark.parametrize("wrong, message", [
     (len, "count the rows, not the pivots"),
     (lambda M: min(len(M), len(M[0])), r"count min\(m, n\)"),
+    (row_counter_moves_in_every_column, r"count min\(m, n\).*does it move down in a column without a pivot"),
+    (float_with_tolerance, "second pivot is 1/10¹², tiny but not 0.*test x != 0"),  # passed before
+    (fraction_of_float, "Perhaps you compute in floats.*Fraction\\(float\\(x\\)\\)"),  # "count the rows" before
     (lambda M: sum(1 for row in M if any(row)), "non-zero rows of M before eliminating"),
     (diagonal_pivots, "do not skip columns without a pivot"),
     (float_elimination, "compute in floats"),

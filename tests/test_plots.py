@@ -10,6 +10,7 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import sympy  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
+from mpl_toolkits.mplot3d import proj3d  # noqa: E402
 from mpl_toolkits.mplot3d.art3d import Line3DCollection, Poly3DCollection  # noqa: E402
 
 from lora_edu import plots  # noqa: E402
@@ -45,9 +46,42 @@ def test_column_space_figure_draws_a_line_a_plane_and_a_box():
     assert [ax.get_title() for ax in fig.axes] == ["A1: rank 1, a line", "A2: rank 2, a plane",
                                                    "A3: rank 3, all of space"]
     assert all(arrows(ax) == 3 for ax in fig.axes)  # one quiver arrow per column
-    assert (surfaces(line), surfaces(plane), surfaces(box)) == (0, 1, 6)  # no surface, one plane, six faces
+    # no surface; one plane; six faces and the plane of a1, a2 (with a3's gap to it dashed)
+    assert (surfaces(line), surfaces(plane), surfaces(box)) == (0, 1, 7)
     assert len(line.lines) == 1  # the grey line of the span
     assert [t.get_text() for t in plane.texts] == ["$a_1$", "$a_2$", "$a_3$"]
+    (gap,) = box.lines
+    ends = np.array(gap.get_data_3d()).T
+    assert np.allclose(ends[0], np.array(A3)[:, 2])  # from a3 to its foot in the plane
+    n = np.cross(np.array(A3)[:, 0], np.array(A3)[:, 1])
+    assert np.linalg.norm(ends[0] - ends[1]) == pytest.approx(abs(np.array(A3)[:, 2] @ n) / np.linalg.norm(n))  # 0.41
+
+
+def _screen(ax, point) -> np.ndarray:
+    x, y, _ = proj3d.proj_transform(*np.asarray(point, dtype=float), ax.get_proj())
+    return np.asarray(ax.transData.transform((x, y)))
+
+
+def _to_segment(p, a, b) -> float:
+    d = b - a
+    k = np.clip((p - a) @ d / (d @ d), 0, 1)
+    return float(np.linalg.norm(p - a - k * d))
+
+
+@pytest.mark.parametrize("A", [A1, A2, A3])
+def test_column_labels_sit_beside_the_other_arrows(A):
+    """The labels sat at 1.08 × each tip: on the next arrow for A1's parallel columns (0 px away) and A3's
+    near-parallel ones (2.5 px)."""
+    fig = plots.column_space_figure({"A": A})
+    fig.canvas.draw()
+    (ax,) = fig.axes
+    A = np.array(A, dtype=float)
+    origin, tips = _screen(ax, np.zeros(3)), [_screen(ax, A[:, j]) for j in range(3)]
+    for j, text in enumerate(ax.texts):
+        label = _screen(ax, [*text.get_position(), text._z])
+        for k in range(3):
+            if k != j:
+                assert _to_segment(label, origin, tips[k]) > 8, (text.get_text(), k)
 
 
 def test_draw_column_space_plane_contains_the_columns():
@@ -104,18 +138,26 @@ def test_rank_steps_with_a_jump_inside_and_errors():
 
 def test_slider_figure():
     fig = plots.slider_figure(third_column, 0.5)
-    assert isinstance(fig, Figure) and len(fig.axes) == 2
-    space, curves = fig.axes
+    assert isinstance(fig, Figure) and len(fig.axes) == 3
+    space, volume, count = fig.axes
     assert space.get_title() == "t = 0.50: rank 3, gap 0.87"  # gap (1 - t)·|n| = 0.5·√3
-    assert arrows(space) == 3 and surfaces(space) == 1
-    labels = [h.get_label() for h in curves.get_legend().legend_handles]
-    assert labels == ["|det M(t)|, the box volume", "rank M(t)", "t = 0.50"]
-    det_line = curves.lines[0]
+    assert arrows(space) == 3 and surfaces(space) == 7  # the box and the plane of a1, a2 (draw_column_space)
+    (gap,) = space.lines
+    ends = np.array(gap.get_data_3d()).T
+    assert np.allclose(ends[0], third_column(0.5)[:, 2]) and np.linalg.norm(ends[0] - ends[1]) == pytest.approx(0.5 * np.sqrt(3))
+    labels = [text.get_text() for text in space.texts]
+    assert labels == ["$a_1$", "$a_2$", "$a_3$"]  # placed together, so a2's label avoids a3's arrow
+    # |det| and the rank on their own y-axes: on one axis both started at (0, 3), because |det M(0)| = |n|² = 3
+    assert (volume.get_ylabel(), count.get_ylabel()) == ("|det M(t)|", "rank M(t)")
+    assert [h.get_label() for h in volume.get_legend().legend_handles] == ["|det M(t)|, the box volume", "t = 0.50"]
+    assert [h.get_label() for h in count.get_legend().legend_handles] == ["rank M(t)", "t = 0.50"]
+    det_line = volume.lines[0]
     assert np.allclose(det_line.get_ydata(), 3 * (1 - det_line.get_xdata()))  # |det M(t)| = 3 (1 - t)
-    _, filled, hollow = segments_and_dots(curves)
+    _, filled, hollow = segments_and_dots(count)
     assert [(d.get_xdata()[0], d.get_ydata()[0]) for d in filled] == [(1.0, 2)]
     assert [(d.get_xdata()[0], d.get_ydata()[0]) for d in hollow] == [(1.0, 3)]
-    assert plots.slider_figure(third_column, 1.0).axes[0].get_title() == "t = 1.00: rank 2, gap 0.00"
+    at_one = plots.slider_figure(third_column, 1.0).axes[0]
+    assert at_one.get_title() == "t = 1.00: rank 2, gap 0.00" and surfaces(at_one) == 1 and not at_one.lines
     with pytest.raises(ValueError, match="3×3"):
         plots.slider_figure(lambda t: np.ones((3, 2)))
 

@@ -283,6 +283,15 @@ def test_rref_equals_sympy_for_fraction_matrices(rows):
     assert ech.matrix == expected and ech.pivots == pivots
 
 
+def test_rref_of_floats_can_differ_from_sympys():
+    """row_echelon's docstring: SymPy's rref() equals ours for exact input, not for floats (SymPy computes with
+    the rounded floats, row_echelon with their exact values)."""
+    X = [[0.15, -0.35], [-0.27, 0.63]]  # meant to be rank 1: row 2 = -1.8 * row 1
+    assert sympy.Matrix(X).rref()[1] == (0,)
+    assert row_echelon(X, reduced=True).pivots == (0, 1) and exact_rank(X) == 2
+    assert Fraction(0.15) * Fraction(0.63) != Fraction(-0.35) * Fraction(-0.27)  # exact determinant of the stored values
+
+
 # ----------------------------------------------------------------------------- the steps
 
 
@@ -330,6 +339,13 @@ def test_step_text_forms():
     ("R3 - 2R2 -> R3", AddMultiple(2, 1, -2)),  # the textbook arrow, target on the right (not read before)
     ("R3 − 2·R2 → R3", AddMultiple(2, 1, -2)),
     ("(1/3)R2 -> R2", Scale(1, Fraction(1, 3))),
+    ("R3 <- R3 - 2.0*R2", AddMultiple(2, 1, -2)),  # decimals and R_3 were "cannot read" before
+    ("R3 <- R3 - 0.5*R2", AddMultiple(2, 1, Fraction(-1, 2))),
+    ("R3 <- R3 - 0.1*R2", AddMultiple(2, 1, Fraction(-1, 10))),  # as written: 1/10, not the float 0.1
+    ("R2 <- .5R2", Scale(1, Fraction(1, 2))),
+    ("R2 <- R2/0.5", Scale(1, 2)),
+    ("R3 <- R3 - (1.5/3)*R1", AddMultiple(2, 0, Fraction(-1, 2))),
+    ("R_3 <- R_3 - 2R_2", AddMultiple(2, 1, -2)),
 ])
 def test_parse_step_accepts_hand_written_forms(text, op):
     assert parse_step(text) == op
@@ -347,6 +363,9 @@ def test_parse_step_accepts_hand_written_forms(text, op):
     ("R2 <- R2 -- R1", "cannot read"),
     ("R2 -> R3", "not one elementary"),  # R3 replaced by R2: not a row operation
     ("R2 - R1 -> R2 -> R3", "cannot read"),
+    ("R2 <- R2/0", "divides by 0"),  # a raw ZeroDivisionError before
+    ("R2 <- R2 - (1/0)*R1", "divides by 0"),
+    ("R2 <- R2 - 1.2.3*R1", "cannot read"),
 ])
 def test_parse_step_rejects_what_is_not_one_row_operation(text, message):
     with pytest.raises(ValueError, match=message):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 import re
 from fractions import Fraction
 from typing import Any, Callable, Sequence
@@ -80,9 +81,14 @@ def _numbers(value: Any, name: str, count: int) -> list[float]:
 
 
 def _combo(a: float, b: float) -> str:
-    """'2·column 1 - 1·column 2' (no '+ -'), for a learner's two coefficients."""
+    """'2·column 1 - 1·column 2' (no '+ -'), for a learner's two coefficients, as many digits as they typed."""
     sign = "-" if b < 0 else "+"
-    return f"{a:g}·column 1 {sign} {abs(b):g}·column 2"
+    return f"{a:.10g}·column 1 {sign} {abs(b):.10g}·column 2"
+
+
+def _vector(v: Any) -> str:
+    """A column for a message, 4 significant digits: ``(2, 1, 3e-07)``, not ``[2.0000001000000003, ...]``."""
+    return "(" + ", ".join(f"{float(x):.4g}" for x in v) + ")"
 
 
 def _columns_combination(M: list[list[int]], coeffs: list[float], cols: tuple[int, ...]) -> np.ndarray:
@@ -106,31 +112,54 @@ def check_column_combination(coefficients: Any) -> None:
                        "the second multiplies column 2.")
     if np.allclose(got, -target):
         raise Feedback(f"{_combo(a, b)} gives minus column 3: flip both signs.")
-    raise Feedback(f"{_combo(a, b)} = {got.tolist()}, but column 3 is {target.tolist()}. "
+    raise Feedback(f"{_combo(a, b)} = {_vector(got)}, but column 3 is {_vector(target)}. "
                    "Match the first entries and the second entries: two equations for a and b.")
 
 
 _PICTURES = {"point": 0, "line": 1, "plane": 2, "space": 3}
-#: Words that may surround the answer: "a plane", "2D plane", "all of space", "the whole space".
-_FILLERS = {"a", "an", "the", "all", "of", "whole", "entire", "d", "dimensional", "just", "one", "single", "flat"}
+_DIMENSION_WORDS = {"zero": 0, "one": 1, "two": 2, "three": 3, "0": 0, "1": 1, "2": 2, "3": 3}
+#: Words that turn an answer around ("not a plane"): such an answer is not read as a picture.
+_NEGATIONS = {"not", "no", "never", "neither", "nor", "isn", "isnt", "except", "without"}
 
 
-def _picture_word(answer: Any) -> str | None:
-    """The one picture word in ``answer`` ("a 2D plane" -> "plane"), or None."""
-    if not isinstance(answer, str):
+def _picture_word(answer: str) -> str | None:
+    """The picture an answer names: its one picture word, other words ignored ("a plane through the origin",
+    "2D plane" -> "plane"); without one, a dimension ("2-dimensional", "two-dimensional", "2D" -> "plane").
+    None for an answer that names two pictures, turns one around ("not a line") or names none."""
+    words = re.findall(r"[a-z]+|\d+", answer.lower())
+    if any(w in _NEGATIONS for w in words):
         return None
-    words = re.findall(r"[a-z]+", answer.lower())
-    hits = [w for w in words if w in _PICTURES]
-    if len(hits) != 1 or any(w not in _FILLERS for w in words if w not in _PICTURES):
+    hits = {w for w in words if w in _PICTURES}
+    if len(hits) == 1:
+        return hits.pop()
+    if hits or not any(w in ("d", "dim", "dimension", "dimensional") for w in words):
         return None
-    return hits[0]
+    dims = {_DIMENSION_WORDS[w] for w in words if w in _DIMENSION_WORDS}
+    if len(dims) != 1:
+        return None
+    (dimension,) = dims
+    return next(w for w, d in _PICTURES.items() if d == dimension)
 
 
 @exercise
 def check_column_space_picture(answer: Any) -> None:
-    """``answer`` in {"point", "line", "plane", "space"}: the column space of :data:`PICTURE_MATRIX`."""
+    """``answer`` in {"point", "line", "plane", "space"}: the column space of :data:`PICTURE_MATRIX`.
+
+    Words around the picture word are ignored ("a plane through the origin"); a dimension is read as its picture
+    ("2-dimensional" is a plane). A bare number gets a hint: it is a dimension, and the question asks for the
+    picture."""
     require_answer(answer, "column_space")
-    word = _picture_word(answer)
+    choices = "'point', 'line', 'plane' or 'space'"
+    number = (isinstance(answer, (numbers.Real, np.number)) and not isinstance(answer, (bool, np.bool_))) or (
+        isinstance(answer, str) and answer.strip().isdigit())
+    if number:
+        raise Feedback(f"`column_space` = {answer!r} is a number — a dimension, which is what the rank counts. The "
+                       f"question asks for the picture: a space of dimension 0, 1, 2 or 3 is a point, a line, a "
+                       f"plane or all of space. Store the word, {choices}.")
+    word = _picture_word(answer) if isinstance(answer, str) else None
+    if word is None and isinstance(answer, str) and re.search(r"(?:\br|ℝ)\s*\^?\s*[0-9²³]", answer.lower()):
+        raise Feedback(f"`column_space` = {answer!r} names a whole space R^k. The columns of this 3×3 matrix live "
+                       f"in R³, and their mixtures fill a part of it through the origin: which one, {choices}?")
     if word is None:
         raise Feedback(f"`column_space` should be one of the words {sorted(_PICTURES)}, not {answer!r}.")
     rank = exact_rank(PICTURE_MATRIX)
@@ -149,56 +178,81 @@ def check_column_space_picture(answer: Any) -> None:
     passed(f"{dependency}, so the three columns lie in one {expected} through the origin: rank {rank}.")
 
 
-def _slider_matrix(t: Any) -> sympy.Matrix:
-    """The slider's matrix, exactly: columns (1,0,1), (0,1,1) and a1 + a2 + (1 - t)·(a1 × a2).
-    ``t`` may be a SymPy symbol, a Rational or a number."""
-    a1, a2 = sympy.Matrix([1, 0, 1]), sympy.Matrix([0, 1, 1])
-    return sympy.Matrix.hstack(a1, a2, a1 + a2 + (1 - t) * a1.cross(a2))
+#: Exercise "close, but not in": A2's first two columns a1 = (1, 0, 1), a2 = (0, 1, 1) and a third column
+#: (2, 3, s) that lies in their plane for one value of s.
+NEAR_PLANE_COLUMNS = ((1, 0, 1), (0, 1, 1))
+#: How far above that value the second question looks: "the rank at s = (your answer) + 1/1000".
+NEAR_PLANE_NUDGE = sympy.Rational(1, 1000)
 
 
-def _slider_drop() -> sympy.Rational:
-    """The one t where the slider's matrix is singular: the root of det M(t) (a polynomial in t)."""
-    t = sympy.Symbol("t")
-    roots = sympy.solve(_slider_matrix(t).det(), t)
+def near_plane_matrix(s: Any) -> sympy.Matrix:
+    """The 3×3 matrix of the "close, but not in" exercise, exactly: columns a1, a2 and (2, 3, s).
+    ``s`` may be a number, a ``Fraction``/``Rational`` or a SymPy symbol."""
+    a1, a2 = (sympy.Matrix(c) for c in NEAR_PLANE_COLUMNS)
+    if isinstance(s, Fraction):
+        s = sympy.Rational(s.numerator, s.denominator)
+    return sympy.Matrix.hstack(a1, a2, sympy.Matrix([2, 3, s]))
+
+
+def _near_plane_root() -> sympy.Rational:
+    """The one s where the third column lies in the plane of a1, a2: the root of det (a polynomial in s)."""
+    s = sympy.Symbol("s")
+    roots = sympy.solve(near_plane_matrix(s).det(), s)
     assert len(roots) == 1, roots
     return sympy.Rational(roots[0])
 
 
-@exercise
-def check_near_plane(rank_at_099: Any, t_where_rank_drops: Any) -> None:
-    """Slider exercise: the rank at t = 0.99, and the value of t where the rank becomes 2.
+def _distance_to_plane(s: sympy.Rational) -> float:
+    """How far the third column (2, 3, s) is from the plane of a1 and a2: |n · a3| / |n| with n = a1 × a2."""
+    a1, a2 = (sympy.Matrix(c) for c in NEAR_PLANE_COLUMNS)
+    normal = a1.cross(a2)
+    return float(abs(normal.dot(near_plane_matrix(s)[:, 2])) / normal.norm())
 
-    The rank drops only where the third column is *exactly* in the plane, so ``t_where_rank_drops`` must be
-    exactly that value (1), not a number close to it."""
-    require_answer(rank_at_099, "rank_at_099")
-    require_answer(t_where_rank_drops, "t_where_rank_drops")
-    expected_rank = exact_rank(_slider_matrix(sympy.Rational(99, 100)))
-    normal = float(sympy.Matrix([1, 0, 1]).cross(sympy.Matrix([0, 1, 1])).norm())
-    check_integer(rank_at_099, expected_rank, "rank_at_099",
-                  hint=f"Close to the plane is not in the plane: at t = 0.99 the third column is still "
-                       f"{0.01 * normal:.4f} away from it, far more than rounding errors (about 1e-16). "
-                       "Rank counts independence exactly; it does not measure how close to dependent you are.")
-    t_drop = _slider_drop()
-    value = t_where_rank_drops
+
+def _exact_number(value: Any, name: str) -> sympy.Rational:
+    """A learner's number as an exact Rational (a float keeps its exact binary value), or Feedback."""
     if isinstance(value, np.ndarray) and value.size == 1:
         value = value.reshape(()).item()
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, Fraction, np.number, sympy.Number)):
-        raise Feedback(f"`t_where_rank_drops` should be a number between 0 and 1, not {t_where_rank_drops!r}.")
+        raise Feedback(f"`{name}` should be a number, not {value!r}.")
     try:
-        exact = sympy.Rational(value) if not isinstance(value, (float, np.floating)) else \
-            sympy.Rational(*float(value).as_integer_ratio())
+        if isinstance(value, (float, np.floating)):
+            return sympy.Rational(*float(value).as_integer_ratio())
+        if isinstance(value, Fraction):
+            return sympy.Rational(value.numerator, value.denominator)
+        return sympy.Rational(value)
     except (TypeError, ValueError, OverflowError):
-        raise Feedback(f"`t_where_rank_drops` should be a finite number, not {value!r}.") from None
-    if exact != t_drop:
-        if 0 <= exact < t_drop:
-            gap = float((t_drop - exact) * normal)
-            shown = f"{gap:.4f}" if gap >= 1e-4 else f"{gap:.2g}"
-            close = " — tiny, but not zero" if gap < 1e-3 else ""
-            raise Feedback(f"At t = {float(exact)!r} the third column is still {shown} away from the plane{close}, "
-                           f"so the rank is {expected_rank}. The rank drops only where the distance is exactly zero.")
-        raise Feedback(f"t = {float(exact)!r} is outside the slider's range [0, 1].")
-    passed(f"rank {expected_rank} at t = 0.99; the rank drops to {exact_rank(_slider_matrix(t_drop))} only at "
-           f"t = {t_drop}, where the third column lands exactly in the plane.")
+        raise Feedback(f"`{name}` should be a finite number, not {value!r}.") from None
+
+
+@exercise
+def check_near_plane(s_in_plane: Any, rank_just_off: Any) -> None:
+    """"Close, but not in": ``s_in_plane`` is the s where the third column (2, 3, s) of :func:`near_plane_matrix`
+    lies in the plane of the first two (the rank drops to 2); ``rank_just_off`` is the rank at
+    s = s_in_plane + 1/1000.
+
+    ``s_in_plane`` must be that value exactly (a float that is exactly equal counts), not a number close to it:
+    the rank drops only where the distance to the plane is exactly zero."""
+    require_answer(s_in_plane, "s_in_plane")
+    require_answer(rank_just_off, "rank_just_off")
+    exact = _exact_number(s_in_plane, "s_in_plane")
+    root = _near_plane_root()
+    if exact != root:
+        normal = tuple(sympy.Matrix(NEAR_PLANE_COLUMNS[0]).cross(sympy.Matrix(NEAR_PLANE_COLUMNS[1])))
+        gap = _distance_to_plane(exact)
+        close = " — tiny, but not zero" if gap < 1e-3 else ""
+        raise Feedback(f"At s = {float(exact)!r} the third column (2, 3, s) is still {gap:.3g} away from the plane of "
+                       f"columns 1 and 2{close}, so the rank there is {exact_rank(near_plane_matrix(exact))}. A column "
+                       "lies in that plane exactly when it is perpendicular to n = a1 × a2 = "
+                       f"({', '.join(map(str, normal))}): solve n · (2, 3, s) = 0.")
+    off = root + NEAR_PLANE_NUDGE
+    expected_rank = exact_rank(near_plane_matrix(off))
+    check_integer(rank_just_off, expected_rank, "rank_just_off",
+                  hint=f"Close to the plane is not in the plane: at s = {float(off):g} the third column is still "
+                       f"{_distance_to_plane(off):.3g} away from it, far more than rounding errors (about 1e-16). "
+                       "Rank counts independence exactly; it does not measure how close to dependent you are.")
+    passed(f"the third column lies in the plane only at s = {root} (rank {exact_rank(near_plane_matrix(root))}); "
+           f"at s = {float(off):g} it is {_distance_to_plane(off):.3g} away — close, but not in: rank {expected_rank}.")
 
 
 _SUPERSCRIPT = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
@@ -243,53 +297,74 @@ def check_product_bound(answer: Any) -> None:
            "B A has rank at most r.")
 
 
-def _default_tol(M: np.ndarray) -> float:
-    S = np.linalg.svd(M, compute_uv=False)
-    return float(S.max() * max(M.shape) * np.finfo(M.dtype).eps)
+#: Exercise "choose the tolerance": a 10×12 matrix of rank 3 (singular values 4, 1 and 0.05), measured with an
+#: independent error of typical size 1e-3 in every entry. The learner sees only the sum, from measured_matrix().
+MEASURED_SHAPE = (10, 12)
+MEASURED_SINGULAR_VALUES = (4.0, 1.0, 0.05)
+MEASUREMENT_ERROR = 1e-3
 
 
-def _tol_slips(M: np.ndarray) -> dict[str, float]:
-    S = np.linalg.svd(M, compute_uv=False)
-    eps = np.finfo(M.dtype).eps
-    eps64 = np.finfo(np.float64).eps
-    m, n = M.shape
-    return {
-        "min(m, n) instead of max(m, n): NumPy multiplies by the larger dimension": float(S.max() * min(m, n) * eps),
-        "the smallest singular value instead of the largest (S.max())": float(S.min() * max(m, n) * eps),
-        "no factor max(m, n): the tolerance grows with the matrix size": float(S.max() * eps),
-        "no singular value: the tolerance is relative to the largest one, S.max()": float(max(m, n) * eps),
-        "float64's eps for a float32 matrix: use np.finfo(M.dtype).eps": float(S.max() * max(m, n) * eps64),
-        "the largest entry instead of the largest singular value": float(np.abs(M).max() * max(m, n) * eps),
-    }
+def _measured_parts() -> tuple[np.ndarray, np.ndarray]:
+    """The exact low-rank part and the errors of :func:`measured_matrix` (a fixed seed: the same every call)."""
+    rng = np.random.default_rng(2024)
+    (m, n), k = MEASURED_SHAPE, len(MEASURED_SINGULAR_VALUES)
+    U, _ = np.linalg.qr(rng.normal(size=(m, k)))  # orthonormal columns
+    V, _ = np.linalg.qr(rng.normal(size=(n, k)))
+    clean = U @ np.diag(MEASURED_SINGULAR_VALUES) @ V.T
+    return clean, MEASUREMENT_ERROR * rng.normal(size=(m, n))
+
+
+def measured_matrix() -> np.ndarray:
+    """The matrix of the "choose the tolerance" exercise (shape :data:`MEASURED_SHAPE`): a low-rank matrix plus
+    measurement errors of size about :data:`MEASUREMENT_ERROR`. A fresh copy every call."""
+    clean, errors = _measured_parts()
+    return clean + errors
 
 
 @exercise
-def check_default_tol(fn: Callable, seed: int = 0) -> None:
-    """``fn(M)`` returns NumPy's default rank tolerance ``S.max() * max(m, n) * eps`` for a NumPy array ``M``."""
-    require_answer(fn, "default_tol")
-    if not callable(fn):
-        raise Feedback("`default_tol` should be a function: def default_tol(M): ...")
-    rng = np.random.default_rng(seed)
-    cases = [rng.normal(size=(5, 3)), rng.normal(size=(3, 7)) * 10, (rng.normal(size=(6, 4)) * 3).astype(np.float32)]
-    for M in cases:
-        expected = _default_tol(M)
-        got = fn(M.copy())
-        if got is None:
-            raise Feedback("`default_tol(M)` returned None: did you forget the `return`?")
-        try:
-            value = float(np.asarray(got, dtype=float).reshape(()))
-        except (TypeError, ValueError):
-            raise Feedback(f"`default_tol(M)` should return one number, but for a {M.shape} matrix it returned "
-                           f"{got!r}.") from None
-        if math.isclose(value, expected, rel_tol=1e-5):
-            continue
-        desc = f"For a {M.shape[0]}×{M.shape[1]} {M.dtype} matrix you returned {value:.4g}, expected {expected:.4g}"
-        for slip, wrong in _tol_slips(M).items():
-            if math.isclose(value, wrong, rel_tol=1e-5) and not math.isclose(wrong, expected, rel_tol=1e-5):
-                raise Feedback(f"{desc}: it looks like you used {slip}.")
-        raise Feedback(f"{desc}. The formula is S.max() * max(m, n) * np.finfo(M.dtype).eps with S the singular "
-                       "values (np.linalg.svd(M, compute_uv=False)).")
-    passed("S.max() * max(m, n) * eps — the same tolerance as np.linalg.matrix_rank, for float64 and float32.")
+def check_noise_tol(tol: Any) -> None:
+    """``tol`` makes ``numeric_rank(measured_matrix(), tol)`` the rank of the matrix without its errors.
+
+    Right answers lie in the gap between the errors' singular values (up to about s·(√m + √n) for errors of size
+    s) and the matrix's own smallest one. The messages name the two usual slips: a tolerance of the size of one
+    error (s), which leaves many error directions counted, and a tolerance so large it cuts off a real one."""
+    require_answer(tol, "tol_measured")
+    if isinstance(tol, np.ndarray) and tol.size == 1:
+        tol = tol.reshape(()).item()
+    if isinstance(tol, (bool, np.bool_)) or not isinstance(tol, (numbers.Real, np.number)):
+        raise Feedback(f"`tol_measured` should be one positive number such as 1e-5, not {tol!r}.")
+    tol = float(tol)
+    if not math.isfinite(tol) or tol <= 0:
+        raise Feedback(f"`tol_measured` should be a positive number, not {tol!r}: the tolerance is the size below "
+                       "which a singular value counts as noise.")
+    clean, errors = _measured_parts()
+    X = clean + errors
+    (m, n), s = X.shape, MEASUREMENT_ERROR
+    rank = numeric_rank(clean)
+    S = np.linalg.svd(X, compute_uv=False)
+    got = numeric_rank(X, tol=tol)
+    spread = s * (math.sqrt(m) + math.sqrt(n))  # about the largest singular value of an m×n matrix of errors
+    if got > rank:
+        if tol < s / 10:
+            why = (f"your tol is far below the errors (of size about {s:g}), so every direction they add counts. "
+                   "NumPy's default tolerance covers only the SVD's own rounding; measured data need a tol above "
+                   "the singular values of their errors")
+        elif tol <= 2 * s:
+            why = (f"{tol:g} is about the size of one error, but a {m}×{n} matrix of errors of size {s:g} has "
+                   f"singular values up to about {s:g}·(√{m} + √{n}) ≈ {spread:.1e}, not {s:g}")
+        else:
+            why = (f"{got - rank} singular values at the level of the errors (the largest is σ{rank + 1} = "
+                   f"{S[rank]:.1e}) are still above your tol")
+        raise Feedback(f"numeric_rank(X, tol={tol:g}) = {got}: {why}. Look at the singular values of X: where do "
+                       "they drop by a large factor?")
+    if got < rank:
+        raise Feedback(f"numeric_rank(X, tol={tol:g}) = {got}: your tol is above σ{got + 1} = {S[got]:.2g}, which is "
+                       f"far above the errors (their singular values stay below about {spread:.1e}). That is a "
+                       "direction of the matrix itself, not noise: choose a tol below it, but above the errors.")
+    passed(f"tol = {tol:g} sits in the gap between the singular values at the errors' level (σ{rank + 1} = "
+           f"{S[rank]:.1e} and below; s·(√m + √n) = {spread:.1e}) and the matrix's own (σ{rank} = {S[rank - 1]:.2g}): "
+           f"rank {rank}. "
+           "Any tol in that gap gives the same rank — without a gap, the rank would be whatever tolerance you chose.")
 
 
 # --------------------------------------------------------------------------- chapter 02
@@ -324,6 +399,12 @@ DEPENDENCY_MATRIX = [[1, 0, 2, -1], [2, 1, 3, 1], [1, 3, -1, 8]]
 def next_step_state() -> Any:
     """The matrix of the "which row operation comes next?" exercise (after the first steps)."""
     return row_echelon(NEXT_STEP_START).replay(NEXT_STEP_DONE)
+
+
+def next_step_history() -> str:
+    """The steps already taken in the "which row operation comes next?" exercise, as text
+    (``"R2 <- R2 - 2*R1, R3 <- R3 + 3*R1"``), so that the notebook shows them without showing the whole trace."""
+    return ", ".join(str(step) for step in row_echelon(NEXT_STEP_START).steps[:NEXT_STEP_DONE])
 
 
 _ORDINAL = {0: "first", 1: "second", 2: "third", 3: "fourth", 4: "fifth"}
@@ -518,40 +599,56 @@ def check_rref_dependency(coefficients: Any) -> None:
                        "b·column 2, no sign change needed (the special solution of D x = 0 carries the minus signs).")
     if np.allclose([a, b], [exp_b, exp_a]):
         raise Feedback("Swapped: the first pivot row gives the coefficient of column 1.")
-    raise Feedback(f"{_combo(a, b)} = {got.tolist()}, but column 3 is {target.tolist()}. Look at "
+    raise Feedback(f"{_combo(a, b)} = {_vector(got)}, but column 3 is {_vector(target)}. Look at "
                    "column 3 of the RREF: its entries in the pivot rows are the coefficients.")
 
 
 #: "What do the pivots tell you?": the pivots of partial-pivoting elimination on a 3×3 matrix.
 FLOAT_PIVOTS = (4.0, 1.5, 3e-17)
 _N_FLOAT = len(FLOAT_PIVOTS)
+_BOUND = (f"σ_min ≤ n·|smallest pivot| = {_N_FLOAT}·{min(FLOAT_PIVOTS):g} = {_N_FLOAT * min(FLOAT_PIVOTS):.1g} "
+          "(plus the elimination's own rounding)")
+#: The options as the notebook shows them; "c" is right.
+FLOAT_PIVOT_OPTIONS = {
+    "a": f"the rank is {_N_FLOAT}: no pivot is exactly zero",
+    "b": f"the rank is exactly {_N_FLOAT - 1}: the last pivot is tiny",
+    "c": f"the matrix is within about {10.0 ** math.ceil(math.log10(_N_FLOAT * min(FLOAT_PIVOTS))):.0e} of a "
+         "singular one (plus rounding), but its exact rank does not follow",
+    "d": "nothing: in floating point, the pivots say nothing about how close to singular the matrix is",
+}
 _FLOAT_CHOICES = {
     "a": "A pivot that is not exactly 0 proves little: rounding almost never produces an exact 0, even for the "
          "exactly singular matrix [[1, 2, 3], [4, 5, 6], [7, 8, 9]] above. And this last pivot is tiny: under "
-         f"partial pivoting that shows the matrix is close to a matrix of rank {_N_FLOAT - 1}.",
+         f"partial pivoting that shows the matrix is close to a singular one, {_BOUND}.",
     "b": "A tiny pivot under partial pivoting does show that the matrix is *close* to a matrix of rank "
-         f"{_N_FLOAT - 1}: σ_min ≤ n·|smallest pivot| = {_N_FLOAT}·{min(FLOAT_PIVOTS):g} = "
-         f"{_N_FLOAT * min(FLOAT_PIVOTS):.1g} (plus the elimination's own rounding). It does not show that the rank "
-         f"is *exactly* {_N_FLOAT - 1}: the rounding that left {min(FLOAT_PIVOTS):g} could as well have hidden an "
-         "exact 0 or a true pivot of that size. And the converse fails too: big pivots never prove that a matrix "
-         "is far from singular (T_n has every pivot 1). Exact rank needs exact arithmetic; the numerical rank needs "
-         "singular values and a tolerance.",
+         f"{_N_FLOAT - 1}: {_BOUND}. It does not show that the rank is *exactly* {_N_FLOAT - 1}: the rounding that "
+         f"left {min(FLOAT_PIVOTS):g} could as well have hidden an exact 0 or a true pivot of that size "
+         f"(diag({', '.join(f'{p:g}' for p in FLOAT_PIVOTS)}) has exactly these pivots and rank {_N_FLOAT}). Exact "
+         "rank needs exact arithmetic; the numerical rank needs singular values and a tolerance.",
     "c": "",
+    "d": "Under partial pivoting a tiny pivot does say something: the multipliers are at most 1, so "
+         f"{_BOUND} — the matrix is that close to a singular one. What pivots cannot do is certify: neither the "
+         "exact rank nor, when they are all large, that a matrix is far from singular (T_n has every pivot 1).",
 }
 
 
 @exercise
 def check_float_pivots_choice(answer: Any) -> None:
-    """Multiple choice: what follows from floating-point pivots :data:`FLOAT_PIVOTS` (partial pivoting)?"""
+    """Multiple choice: what follows from floating-point pivots :data:`FLOAT_PIVOTS` (partial pivoting)?
+    The options are :data:`FLOAT_PIVOT_OPTIONS`."""
     require_answer(answer, "conclusion")
-    word = answer.strip().lower() if isinstance(answer, str) else answer
+    word = answer.strip().strip("()").lower() if isinstance(answer, str) else answer
     check_choice(word, "c", "conclusion", _FLOAT_CHOICES)
-    passed("pivots can warn (σ_min ≤ n·|smallest pivot| under partial pivoting) but never certify. The singular "
-           "values measure the distance to the nearest lower-rank matrix in the spectral norm: compare them with a "
-           "tolerance (chapter 03 states and checks Eckart–Young–Mirsky).")
+    passed(f"{_BOUND}: a warning that the matrix is within rounding distance of a singular one. Whether it is "
+           "exactly singular, the pivots cannot say; the singular values measure the distance to the nearest "
+           "lower-rank matrix in the spectral norm (chapter 03 states and checks Eckart–Young–Mirsky).")
 
 
 # --------------------------------------------------------------------------- chapter 02: elimination in code
+
+
+#: Rank 2, with second pivot 1/10^12: a tolerance test (abs(x) < 1e-9) calls it 0 and says rank 1.
+_TINY_PIVOT_CASE = [[1, 1], [1, 1 + Fraction(1, 10**12)]]
 
 
 def _elimination_cases(seed: int) -> list[list[list[Any]]]:
@@ -566,6 +663,7 @@ def _elimination_cases(seed: int) -> list[list[list[Any]]]:
         [[0, 0, 0], [0, 0, 0]],                       # the zero matrix: rank 0
         [[F(1, 3), F(1, 10)], [1, F(3, 10)]],         # exact fractions: 3·row 1 = row 2; floats say rank 2
         [[0, 0, 1, 2], [0, 0, 2, 4], [0, 1, 0, 0]],   # zero columns first, then a swap
+        _TINY_PIVOT_CASE,                             # a pivot of 10^-12: tiny, but not 0
     ]
     rng = np.random.default_rng(seed)
     for m, n in [(4, 6), (6, 4), (5, 5), (3, 7)]:
@@ -607,13 +705,15 @@ def _slip_elimination(M: list[list[Any]], *, swap: bool = True, skip: bool = Tru
     return pivots
 
 
+_FLOAT_SLIP = ("you compute in floats: 1/3 and 1/10 are rounded, so an entry that should become exactly 0 does "
+               "not. Convert every entry with Fraction(x) first — Fraction(float(x)) keeps the rounding")
 _SLIPS: dict[str, Callable[[list[list[Any]]], int]] = {
     "you count the rows, not the pivots: a row can become all zeros": len,
-    "you count min(m, n), the largest possible rank, not the pivots": lambda M: min(len(M), len(M[0])),
+    "you count min(m, n), the largest possible rank, not the pivots. If you return your row counter: does it move "
+    "down in a column without a pivot too? It must stay on the same row there": lambda M: min(len(M), len(M[0])),
     "you count the non-zero rows of M before eliminating: count them after elimination": (
         lambda M: sum(1 for row in M if any(x != 0 for x in row))),
-    "you compute in floats: 1/3 and 1/10 are rounded, so an entry that should become exactly 0 does not. "
-    "Convert every entry with Fraction(x) first": lambda M: _slip_elimination(M, exact=False),
+    _FLOAT_SLIP: lambda M: _slip_elimination(M, exact=False),
     "you do not swap: when the pivot position holds a 0, look for a non-zero entry further down the column and "
     "swap that row up": lambda M: _slip_elimination(M, swap=False),
     "you do not skip columns without a pivot: when no row at or below the current one has a non-zero entry in "
@@ -658,7 +758,13 @@ def check_rank_by_elimination(fn: Any, seed: int = 0) -> None:
         for slip, slipped in _SLIPS.items():
             if all(slipped(C) == a for C, a in zip(cases, answers)):
                 raise Feedback(f"{desc}: it looks like {slip}.")
-        for slip, slipped in _SLIPS.items():
+        if M == _TINY_PIVOT_CASE and got < expected:
+            raise Feedback(f"{desc}: its second pivot is 1/10¹², tiny but not 0. It looks like you treat small "
+                           "numbers as zero (a tolerance such as abs(x) < 1e-9, or rounding). In exact arithmetic "
+                           "zero means exactly 0: work in Fractions and test x != 0.")
+        fractions = any(isinstance(x, Fraction) and x.denominator > 1 for row in M for x in row)
+        # on a matrix of fractions, a float slip is the likeliest reason (Fraction(float(x)) included)
+        for slip, slipped in sorted(_SLIPS.items(), key=lambda item: not (fractions and item[0] == _FLOAT_SLIP)):
             if slipped(M) == got != expected:
                 raise Feedback(f"{desc}. Perhaps {slip}.")
         raise Feedback(f"{desc}. Go column by column: find a row at or below the current one with a non-zero "
@@ -671,8 +777,11 @@ def check_rank_by_elimination(fn: Any, seed: int = 0) -> None:
 __all__ = [
     "COMBINATION_MATRIX", "PICTURE_MATRIX", "ROW_RANK_EXAMPLE", "ROW_RANK_SHAPE", "PRODUCT_SHAPES",
     "NEXT_STEP_START", "NEXT_STEP_DONE", "RREF_CANDIDATES", "PIVOT_MATRIX", "RANK_MATRIX", "DEPENDENCY_MATRIX",
-    "FLOAT_PIVOTS", "check_column_combination", "check_column_space_picture", "check_near_plane", "check_row_rank",
-    "check_product_bound", "check_default_tol", "next_step_state", "check_next_step", "check_rref_choice",
+    "FLOAT_PIVOTS", "FLOAT_PIVOT_OPTIONS", "NEAR_PLANE_COLUMNS", "NEAR_PLANE_NUDGE", "MEASURED_SHAPE",
+    "MEASURED_SINGULAR_VALUES", "MEASUREMENT_ERROR", "near_plane_matrix", "measured_matrix",
+    "check_column_combination", "check_column_space_picture", "check_near_plane", "check_row_rank",
+    "check_product_bound", "check_noise_tol", "next_step_state", "next_step_history", "check_next_step",
+    "check_rref_choice",
     "check_pivots", "check_rank_answer", "check_rref_dependency", "check_float_pivots_choice",
     "check_rank_by_elimination",
 ]
