@@ -99,12 +99,24 @@ def test_adam_bytes_slips(wrong, message):
 
 
 @pytest.mark.parametrize("wrong, message", [
-    (18_874_368 // 2, "half the answer"), (196_608, "one layer's worth"), (96 * 2 * 12288**2, "full Wq and Wv"),
+    (18_874_368 // 2, "half the answer"), (196_608, "one layer's worth"), (96 * 2 * 12288**2, "full matrices \\(Wq and Wv\\)"),
     (18_874_369, "too large"), (1.5, "whole number"),
 ])
 def test_gpt3_lora_params_slips(wrong, message):
     with pytest.raises(Feedback, match=message):
         check_gpt3_lora_params(wrong)
+
+
+@pytest.mark.parametrize("wrong, message", [
+    (75_497_472 // 2, "half the answer.*all 4 matrices"), (18_874_368, "the paper's adapter"),
+    (96 * 4 * 12288**2, "full matrices \\(all 4 matrices\\)"), (4 * 8 * 2 * 12288, "one layer's worth"),
+    (75_497_473, "too large"),
+])
+def test_gpt3_lora_params_four_matrices_slips(wrong, message):
+    """Chapter 07's exercise 6: r = 8 on Wq, Wk, Wv, Wo (the paper's own r = 4 on Wq, Wv is printed above it)."""
+    check_gpt3_lora_params(75_497_472, r=8, n_matrices=4)
+    with pytest.raises(Feedback, match=message):
+        check_gpt3_lora_params(wrong, r=8, n_matrices=4)
 
 
 def test_break_even_message_follows_the_value(capsys):

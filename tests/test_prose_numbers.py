@@ -312,6 +312,7 @@ FACTS = {
     "400 GB of VRAM": "the seed blog post's figure, quoted as not the paper's",
     "GPT-3 175B": "the model's name", "175B": "the model's name", "a 175 B model": "GPT-3's size",
     "(section 4.2)": "Hu et al. 2022", "section 4.2": "Hu et al. 2022", "section 4.1": "Hu et al. 2022",
+    "section 7.1": "Hu et al. 2022 (Table 5: which weight matrices to adapt)",
     "96 layers": "Brown et al. 2020, Table 2.1", "96 heads": "Brown et al. 2020, Table 2.1",
     "$d_\\text{model} = 12288$": "Brown et al. 2020, Table 2.1", "$4 d_\\text{model}$": "Brown et al. 2020",
     "2048-token context": "Brown et al. 2020, Table 2.1", "2048-token sequence": "the memory model's input",

@@ -208,23 +208,29 @@ def check_adam_bytes(value: Any, n_params: int, param_bytes: int = 4) -> None:
 @exercise
 def check_gpt3_lora_params(value: Any, n_layers: int = 96, d_model: int = 12288, r: int = 4,
                            n_matrices: int = 2) -> None:
-    """Trainable LoRA parameters of GPT-3 175B with rank ``r`` on ``n_matrices`` (Wq, Wv) d × d per layer."""
+    """Trainable LoRA parameters of GPT-3 175B with rank ``r`` on ``n_matrices`` d × d matrices per layer
+    (the paper's setting: r = 4 on Wq and Wv)."""
     require_answer(value, "gpt3_lora_params")
     per = r * (d_model + d_model)
     expected = n_layers * n_matrices * per
+    which = "Wq and Wv" if n_matrices == 2 else f"all {n_matrices} matrices"
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     if isinstance(value, int) and not isinstance(value, bool):
         if value == expected // 2:
             raise Feedback(f"`gpt3_lora_params` = {value:,} is half the answer: count both A (r × d) and B (d × r), "
-                           "for both Wq and Wv.")
+                           f"for {which}.")
         if value == n_matrices * per:
             raise Feedback(f"`gpt3_lora_params` = {value:,} is one layer's worth: GPT-3 has {n_layers} layers.")
         if value == n_layers * n_matrices * d_model * d_model:
-            raise Feedback(f"`gpt3_lora_params` = {value:,} is the size of the full Wq and Wv: LoRA trains only "
-                           "A and B.")
+            raise Feedback(f"`gpt3_lora_params` = {value:,} is the size of the full matrices ({which}): LoRA trains "
+                           "only A and B.")
+        paper = n_layers * 2 * 4 * 2 * d_model
+        if value == paper and value != expected:
+            raise Feedback(f"`gpt3_lora_params` = {value:,} is the paper's adapter (r = 4 on Wq and Wv); this one has "
+                           f"r = {r} on {n_matrices} matrices per layer.")
     check_integer(value, expected, "gpt3_lora_params",
-                  hint="Per matrix: A is r × d, B is d × r; two matrices per layer; all layers.")
+                  hint=f"Per matrix: A is r × d, B is d × r; {n_matrices} matrices per layer; all layers.")
     if (n_layers, d_model) == (96, 12288):
         from lora_edu.memory import TransformerShape
 
