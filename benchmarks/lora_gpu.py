@@ -230,8 +230,8 @@ def gpu_state(device: torch.device) -> dict | None:
 
 class ClockSampler:
     """NVML samples of the GPU's state *during* a measurement, from a background thread every
-    ``interval_s`` seconds (the host is mostly waiting on the GPU then, so the thread costs nothing that
-    is timed). ``summary()`` gives the SM clock's min / median / max, the largest power draw, every
+    ``interval_s`` seconds (a handful of NVML calls per interval: at 50 ms, about a percent of the host's
+    time at most, which a host-bound step would show). ``summary()`` gives the SM clock's min / median / max, the largest power draw, every
     throttle reason seen and the number of samples; ``None`` where NVML is missing (a CPU)."""
 
     def __init__(self, device: torch.device, interval_s: float = 0.05):
