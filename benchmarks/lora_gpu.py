@@ -15,12 +15,17 @@ ratios over the repeats is recorded):
   - ``forward`` — inference (``torch.no_grad``);
   - ``forward_backward`` — one training step of the layer: the output, then the gradients of the
     input and of the trainable parameters (``torch.autograd.grad``, no ``.grad`` accumulation),
-    eager, CUDA-event timed: what a training loop sees, host (Python and launch) time included;
+    eager, CUDA-event timed: what a training loop of this one layer sees on this host, host (Python
+    and launch) time included;
   - ``forward_backward_graph`` — the same step captured once in a CUDA graph and replayed: the GPU
     time alone (no host time between kernels);
 
   each with ``host_ms``, the wall time the host needs to *issue* one call (measured separately, the
-  GPU idle before each call). Configurations: ``bf16`` (everything bfloat16, no dropout) at every
+  GPU idle before each call). Eager modes are timed as a **steady-state loop per method**: after a
+  few warm-up calls, ``steady_iters`` calls of one method back to back between two CUDA events (per
+  call: elapsed / steady_iters), ``steady_rounds`` rounds with the methods in a seeded shuffled order
+  (so that clock drift hits them alike, while no method's host time hides behind another method's
+  GPU work). CUDA-graph replays (no host in between) are interleaved call by call. Configurations: ``bf16`` (everything bfloat16, no dropout) at every
   size, and ``peft_default`` (PEFT's usual training set-up: a bfloat16 base, float32 adapters under
   bfloat16 autocast, ``lora_dropout = 0.05``) at r = 8.
 * **cache regime** — warm: the same input and gradient tensors are reused call after call (no L2
@@ -28,13 +33,18 @@ ratios over the repeats is recorded):
   d = 4096 (64 MiB each) they do not, only their tails survive from one call to the next.
 * **kernels** — every kernel that ``lora_edu.traffic.layer_kernels`` lists for the base, reference and
   fused layers at the largest d and smallest r, each timed as a *batch*: 20 launches captured in one
-  CUDA graph, replayed, divided by 20 (GPU time, not the host's launch rate); and a profiler trace of
-  one training step per layer (every kernel's GPU time, grid and block size).
-* **clocks** — the SM clock, power and throttle reasons (NVML) before and after every block; the
-  driver, the host CPU model, the L2 size and the multiprocessor count.
+  CUDA graph, replayed, divided by 20 (GPU time, not the host's launch rate). Each distinct operation
+  is timed once per repeat and shared by every layer that runs it (``op``): the big matmul in
+  particular (plain and ``beta=1``, interleaved round by round), so that clock changes between
+  batches cannot make "the same GEMM" differ between the base and a LoRA layer. Plus a profiler trace
+  of one training step per layer (every kernel's GPU time, grid and block size).
+* **clocks** — the SM clock, power and throttle reasons (NVML) before and after every block, and
+  sampled *during* the kernel batches and each whole-model measurement; the driver, the host CPU
+  model, the L2 size and the multiprocessor count.
 * **models** — a GPT-2-small-shaped transformer (random weights, nothing downloaded), batch 8 × 1024,
   bfloat16 autocast, AdamW: peak memory and the median step time, full fine-tuning against LoRA r = 8,
-  next to the peak that ``lora_edu.memory.training_memory`` predicts. Both the course's transformer
+  next to the peak that ``lora_edu.memory.training_memory`` predicts; ``model_iters`` (50) timed steps per
+  repeat, the profiler's GPU time of one step, and the step ratios as ratios of the medians. Both the course's transformer
   (``lora_edu.transformer`` at GPT-2-small shape, LoRA from ``lora_edu`` on ``q_proj`` and ``v_proj``:
   reference, fused, fused with the Triton back-end) and Hugging Face's ``GPT2LMHeadModel`` (LoRA from
   PEFT on ``c_attn``) are measured.
@@ -104,13 +114,15 @@ CONFIGS = {
                                "lora_dropout 0.05"),
 }
 FULL = dict(dims=(1024, 4096), ranks=(8, 64), tokens=8192, warmup=10, iters=25, rounds=4, repeats=3,
+            steady_warmup=3, steady_iters=20, steady_rounds=10, kernel_rounds=5,
             host_iters=20, graph_batch=20, realistic_ranks=(8,), compile_ranks=(8,),
             model=dict(n_layers=12, d_model=768, n_heads=12, d_mlp=3072, vocab_size=50257, max_seq_len=1024),
-            batch=8, seq=1024, model_warmup=2, model_iters=6)
+            batch=8, seq=1024, model_warmup=3, model_iters=50, model_host_iters=10, clock_interval_s=0.05)
 SMOKE = dict(dims=(32, 64), ranks=(2, 4), tokens=64, warmup=1, iters=2, rounds=1, repeats=2,
+             steady_warmup=1, steady_iters=2, steady_rounds=2, kernel_rounds=2,
              host_iters=1, graph_batch=2, realistic_ranks=(2,), compile_ranks=(),
              model=dict(n_layers=2, d_model=32, n_heads=2, d_mlp=64, vocab_size=128, max_seq_len=16),
-             batch=2, seq=16, model_warmup=1, model_iters=1)
+             batch=2, seq=16, model_warmup=1, model_iters=2, model_host_iters=2, clock_interval_s=0.05)
 LAYER_METHODS = ("base_frozen", "full_linear", "lora_reference", "lora_fused", "lora_fused_torch",
                  "lora_fused_triton", "lora_big_first", "peft", "peft_compiled", "merged")
 MODES = ("forward", "forward_backward", "forward_backward_graph")
@@ -216,6 +228,52 @@ def gpu_state(device: torch.device) -> dict | None:
     return out
 
 
+class ClockSampler:
+    """NVML samples of the GPU's state *during* a measurement, from a background thread every
+    ``interval_s`` seconds (a handful of NVML calls per interval: at 50 ms, about a percent of the host's
+    time at most, which a host-bound step would show). ``summary()`` gives the SM clock's min / median / max, the largest power draw, every
+    throttle reason seen and the number of samples; ``None`` where NVML is missing (a CPU)."""
+
+    def __init__(self, device: torch.device, interval_s: float = 0.05):
+        self.device, self.interval_s = device, interval_s
+        self.samples: list[dict] = []
+        self._stop = None
+        self._thread = None
+
+    def __enter__(self) -> "ClockSampler":
+        import threading
+
+        if gpu_state(self.device) is None:
+            return self
+        self._stop = threading.Event()
+
+        def run():
+            while not self._stop.is_set():
+                state = gpu_state(self.device)
+                if state is not None:
+                    self.samples.append(state)
+                self._stop.wait(self.interval_s)
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+
+    def summary(self) -> dict | None:
+        clocks = [s["sm_clock_mhz"] for s in self.samples if s.get("sm_clock_mhz") is not None]
+        if not clocks:
+            return None
+        power = [s["power_w"] for s in self.samples if s.get("power_w") is not None]
+        reasons = sorted({r for s in self.samples for r in (s.get("throttle_reasons") or [])})
+        return {"samples": len(self.samples), "sm_clock_min_mhz": min(clocks),
+                "sm_clock_median_mhz": statistics.median(clocks), "sm_clock_max_mhz": max(clocks),
+                "power_max_w": max(power) if power else None, "throttle_reasons": reasons}
+
+
 # --------------------------------------------------------------------------- timing
 
 
@@ -256,8 +314,9 @@ def host_times(fn: Callable[[], object], n: int, device: torch.device) -> list[f
 
 def interleaved(fns: dict[str, Callable[[], object]], cfg: dict, device: torch.device,
                 seed: int = 0) -> dict[str, list[float]]:
-    """Time the functions call by call in turn (warmed up before), so that clock drift and the host's
-    hiccups fall on every method alike. The order is shuffled each time (seeded): at d = 1024 a (T, d)
+    """Time the functions call by call in turn (warmed up before), so that clock drift falls on every
+    method alike: used for CUDA-graph replays, whose time is the GPU's alone (for eager calls a host-bound
+    call could hide behind the previous call's GPU work: see :func:`steady_state`). The order is shuffled each time (seeded): at d = 1024 a (T, d)
     input fits in the L2 cache, and a method always timed right after one that read the same input
     would find it cached. Returns all times per name (ms)."""
     times: dict[str, list[float]] = {name: [] for name in fns}
@@ -281,6 +340,41 @@ def interleaved(fns: dict[str, Callable[[], object]], cfg: dict, device: torch.d
             for _ in range(cfg["iters"]):
                 for name, fn in fns.items():
                     times[name] += time_calls(fn, 1, device)
+    return times
+
+
+def steady_state(fns: dict[str, Callable[[], object]], cfg: dict, device: torch.device,
+                 seed: int = 0) -> dict[str, list[float]]:
+    """Eager timing as a training loop sees it: one method at a time, ``steady_warmup`` calls to reach
+    the loop's steady state, then ``steady_iters`` calls back to back between two CUDA events (on a
+    CPU: the wall clock); per call = elapsed / steady_iters. Where the host is slower than the GPU the
+    GPU waits between calls and the time shows it; where it is faster the host runs ahead and the time
+    is the GPU's. ``steady_rounds`` rounds, the methods in a seeded shuffled order each round, so that
+    clock drift falls on every method alike (and, unlike call-by-call interleaving, no method's host
+    time hides behind the GPU work of another). Returns the per-call ms of each round, per name."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    names, rng = list(fns), random.Random(seed)
+    n = cfg["steady_iters"]
+    for _ in range(cfg["steady_rounds"]):
+        rng.shuffle(names)
+        for name in names:
+            fn = fns[name]
+            _sync(device)                      # the previous method's work is done: this one starts alone
+            for _ in range(cfg["steady_warmup"]):
+                fn()
+            if device.type == "cuda":
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                for _ in range(n):
+                    fn()
+                end.record()
+                torch.cuda.synchronize(device)
+                times[name].append(start.elapsed_time(end) / n)
+            else:
+                t0 = time.perf_counter()
+                for _ in range(n):
+                    fn()
+                times[name].append((time.perf_counter() - t0) * 1e3 / n)
     return times
 
 
@@ -518,7 +612,10 @@ def bench_layers(groups: list[dict], cfg: dict, device: torch.device, dtype: tor
             if not fns:
                 continue
             before = gpu_state(device)
-            times = interleaved(fns, cfg, device, seed=repeat)
+            if mode == "forward_backward_graph":           # GPU time alone: call-by-call interleaving is fair
+                times = interleaved(fns, cfg, device, seed=repeat)
+            else:                                          # eager: each method in its own steady-state loop
+                times = steady_state(fns, cfg, device, seed=repeat)
             after = gpu_state(device)
             clocks.append({"block": f"{group['config']} d={d} r={r} {mode}", "repeat": repeat,
                            "before": before, "after": after})
@@ -591,9 +688,30 @@ def batched_ms(fn: Callable[[], object], device: torch.device, n: int, reps: int
     return statistics.median(time_calls(graph.replay, reps, device)) / n
 
 
-def bench_kernels(cfg: dict, device: torch.device, dtype: torch.dtype, repeat: int = 0) -> list[dict]:
+# which operation each kernel of ``layer_kernels`` runs: kernels that run the same operation on the same
+# shapes (the big matmul of the base and of a LoRA layer, the thin x·Aᵀ of the reference and the fused
+# layer, ...) share one timing, so that a clock change between two batches cannot make them differ
+KERNEL_OPS = {
+    "y = x·Wᵀ": "x·Wᵀ", "gx = g·W": "g·W", "gx₀ = g·W": "g·W",
+    "h += x·Wᵀ (beta=1)": "out += x·Wᵀ", "gx += g·W (beta=1)": "gx += g·W",
+    "t = x·Aᵀ": "x·Aᵀ", "u = t·Bᵀ": "t·Bᵀ", "h = t·sBᵀ (written once)": "t·Bᵀ",
+    "v = u·scaling": "u·s", "gu = g·scaling": "u·s", "h = y + v": "y + u", "gx = gx₀ + gx₁": "y + u",
+    "gt = gu·B": "g·B", "dt = g·sB": "g·B", "gB = guᵀ·t": "gᵀ·t", "gB = gᵀ·t": "gᵀ·t",
+    "gx₁ = gt·A": "t·A", "gx = dt·A (written once)": "t·A", "gA = gtᵀ·x": "tᵀ·x", "gA = dtᵀ·x": "tᵀ·x",
+    "sB = B·scaling (tiny)": "B·s (tiny)", "gB ·= scaling (tiny)": "gB ·= s (tiny)",
+}
+BIG_OPS = ("x·Wᵀ", "g·W", "out += x·Wᵀ", "gx += g·W")
+
+
+def bench_kernels(cfg: dict, device: torch.device, dtype: torch.dtype, repeat: int = 0,
+                  clocks: list[dict] | None = None) -> list[dict]:
     """Time every kernel that ``lora_edu.traffic.layer_kernels`` lists for the base, the reference and
-    the fused layer, one at a time as a batch of launches (GPU time), at the largest d and smallest r."""
+    the fused layer, as batches of launches (GPU time), at the largest d and smallest r.
+
+    Each distinct operation (``KERNEL_OPS``) is timed once per repeat and its time is shared by every
+    layer that runs it. All operations are timed ``kernel_rounds`` times, round by round in a seeded
+    shuffled order (median): the big matmul plain and with ``beta=1`` side by side, under the same
+    clock. NVML samples taken during the block go to ``clocks`` (when given)."""
     T, d, r, s = cfg["tokens"], max(cfg["dims"]), min(cfg["ranks"]), 2.0
     torch.manual_seed(2)
     x, g, y, u, out, gx = (torch.randn(T, d, device=device, dtype=dtype) for _ in range(6))
@@ -601,28 +719,47 @@ def bench_kernels(cfg: dict, device: torch.device, dtype: torch.dtype, repeat: i
     A = torch.randn(r, d, device=device, dtype=dtype) / d**0.5
     B = torch.randn(d, r, device=device, dtype=dtype)
     t = x @ A.T
-    sB = B * s
     gB = g.T @ t
-    run = {
-        "y = x·Wᵀ": lambda: x @ W.T, "t = x·Aᵀ": lambda: x @ A.T, "u = t·Bᵀ": lambda: t @ B.T,
-        "v = u·scaling": lambda: u * s, "h = y + v": lambda: y + u, "gu = g·scaling": lambda: g * s,
-        "gt = gu·B": lambda: g @ B, "gB = guᵀ·t": lambda: g.T @ t, "gx₁ = gt·A": lambda: t @ A,
-        "gA = gtᵀ·x": lambda: t.T @ x, "gx₀ = g·W": lambda: g @ W, "gx = gx₀ + gx₁": lambda: y + u,
-        "sB = B·scaling (tiny)": lambda: B * s, "h = t·sBᵀ (written once)": lambda: t @ sB.T,
-        "h += x·Wᵀ (beta=1)": lambda: out.addmm_(x, W.T), "dt = g·sB": lambda: g @ sB,
-        "gB = gᵀ·t": lambda: g.T @ t, "gB ·= scaling (tiny)": lambda: gB.mul_(1.0), "gA = dtᵀ·x": lambda: t.T @ x,
-        "gx = dt·A (written once)": lambda: t @ A, "gx += g·W (beta=1)": lambda: gx.addmm_(g, W),
-        "gx = g·W": lambda: g @ W,
+    ops = {
+        "x·Wᵀ": lambda: x @ W.T, "g·W": lambda: g @ W, "out += x·Wᵀ": lambda: out.addmm_(x, W.T),
+        "gx += g·W": lambda: gx.addmm_(g, W), "x·Aᵀ": lambda: x @ A.T, "t·Bᵀ": lambda: t @ B.T,
+        "u·s": lambda: u * s, "y + u": lambda: y + u, "g·B": lambda: g @ B, "gᵀ·t": lambda: g.T @ t,
+        "t·A": lambda: t @ A, "tᵀ·x": lambda: t.T @ x, "B·s (tiny)": lambda: B * s,
+        "gB ·= s (tiny)": lambda: gB.mul_(1.0),
     }
+    graphs = {}
+    for name, fn in ops.items():
+        if device.type == "cuda":
+            graphs[name] = capture(fn, device, cfg["graph_batch"])
+            graphs[name].replay()
+        else:
+            graphs[name] = fn
+    _sync(device)
+    per_op: dict[str, list[float]] = {name: [] for name in ops}
+    order, rng = list(ops), random.Random(repeat)
+    before = gpu_state(device)
+    with ClockSampler(device, cfg.get("clock_interval_s", 0.05)) as sampler:
+        for _ in range(cfg["kernel_rounds"]):
+            rng.shuffle(order)
+            for name in order:
+                if device.type == "cuda":
+                    per_op[name].append(statistics.median(time_calls(graphs[name].replay, 10, device))
+                                        / cfg["graph_batch"])
+                else:
+                    per_op[name].append(statistics.median(time_calls(ops[name], 3, device)))
+    if clocks is not None:
+        clocks.append({"block": f"kernels d={d} r={r}", "repeat": repeat, "before": before,
+                       "after": gpu_state(device), "during": sampler.summary()})
+    # the naive way, for comparison: two events around one launch, launches back to back
+    single = {name: statistics.median(time_calls(fn, 2 * cfg["host_iters"], device)) for name, fn in ops.items()}
     records = []
     for impl in ("base", "reference", "fused"):
         for k in layer_kernels(impl, T, d, d, r, dtype_bytes=2):
-            ms = batched_ms(run[k.name], device, cfg["graph_batch"])
-            # the naive way, for comparison: two events around one launch, launches back to back
-            single = statistics.median(time_calls(run[k.name], 2 * cfg["host_iters"], device))
-            records.append({"impl": impl, "name": k.name, "phase": k.phase, "d": d, "r": r, "T": T,
-                            "flops": k.flops, "bytes": k.bytes, "median_ms": ms, "single_launch_ms": single,
-                            "repeat": repeat})
+            op = KERNEL_OPS[k.name]
+            records.append({"impl": impl, "name": k.name, "op": op, "big": op in BIG_OPS, "phase": k.phase,
+                            "d": d, "r": r, "T": T, "flops": k.flops, "bytes": k.bytes,
+                            "median_ms": statistics.median(per_op[op]), "min_ms": min(per_op[op]),
+                            "max_ms": max(per_op[op]), "single_launch_ms": single[op], "repeat": repeat})
     kernels = fused_mod._kernels()
     if device.type == "cuda" and kernels is not None:      # the Triton back-end's three kernels
         for name, fn in (("forward: t = x·Aᵀ and out = s·t·Bᵀ", lambda: kernels.forward(x, A, B, None, s)),
@@ -630,7 +767,8 @@ def bench_kernels(cfg: dict, device: torch.device, dtype: torch.dtype, repeat: i
                           lambda: kernels.grad_g(g, t, B, s)),
                          ("grad_x: gA = dtᵀ·x and gx = dt·A", lambda: kernels.grad_x(x, t.float(), A, True, dtype))):
             passes = 2 if not name.startswith("grad_g") else 1
-            records.append({"impl": "fused_triton", "name": name, "phase": "backward" if "grad" in name else "forward",
+            records.append({"impl": "fused_triton", "name": name, "op": name, "big": False,
+                            "phase": "backward" if "grad" in name else "forward",
                             "d": d, "r": r, "T": T, "flops": 4 * T * d * r, "bytes": passes * T * d * 2,
                             "median_ms": batched_ms(fn, device, cfg["graph_batch"]), "repeat": repeat})
     return records
@@ -748,9 +886,11 @@ def _optimizer_tensors(opt: torch.optim.Optimizer) -> list[torch.Tensor]:
 
 def _train_measure(model: nn.Module, loss_of: Callable[[], torch.Tensor], cfg: dict, device: torch.device,
                    unrelated: int = 0) -> dict:
-    """Steady-state peak memory and median step time of AdamW training steps under bf16 autocast, and
-    the host time to issue one step. ``unrelated``: bytes allocated on the device before the model was
-    built (the layer benchmark's tensors), subtracted from the peak."""
+    """Steady-state peak memory and median step time (``model_iters`` timed steps) of AdamW training
+    steps under bf16 autocast, the profiler's GPU time of one step, the host time to issue one step
+    (``model_host_iters`` samples), and the GPU's clocks before, during and after the timed steps.
+    ``unrelated``: bytes allocated on the device before the model was built (the layer benchmark's
+    tensors), subtracted from the peak."""
     params = trainable(model)
     opt = torch.optim.AdamW(params, lr=1e-5)
 
@@ -778,9 +918,14 @@ def _train_measure(model: nn.Module, loss_of: Callable[[], torch.Tensor], cfg: d
                 used = nv.nvmlDeviceGetMemoryInfo(nv.nvmlDeviceGetHandleByIndex(device.index or 0)).used
                 out["outside_allocator_bytes"] = int(used - torch.cuda.memory_reserved(device))
         out["step_gpu_ms"] = _gpu_busy_ms(step, device)
-    times = time_calls(step, cfg["model_iters"], device)
-    host = host_times(step, max(1, cfg["model_iters"] // 2), device)
-    return out | {"step_ms": statistics.median(times), "step_host_ms": statistics.median(host)}
+    out["clock_before"] = gpu_state(device)
+    with ClockSampler(device, cfg.get("clock_interval_s", 0.05)) as sampler:
+        times = time_calls(step, cfg["model_iters"], device)
+    out["clock_during"], out["clock_after"] = sampler.summary(), gpu_state(device)
+    host = host_times(step, cfg.get("model_host_iters", max(1, cfg["model_iters"] // 2)), device)
+    return out | {"step_ms": statistics.median(times), "step_ms_p10": _quantile(times, 0.1),
+                  "step_ms_p90": _quantile(times, 0.9), "steps_timed": len(times),
+                  "step_host_ms": statistics.median(host)}
 
 
 def _gpu_busy_ms(step: Callable[[], object], device: torch.device) -> float | None:
@@ -819,7 +964,10 @@ def _env(name: str, value: str | None):
             os.environ[name] = old
 
 
-def bench_models(cfg: dict, device: torch.device, repeat: int = 0, log=print) -> list[dict]:
+def bench_models(cfg: dict, device: torch.device, repeat: int = 0, log=print,
+                 clocks: list[dict] | None = None) -> list[dict]:
+    """The whole-model measurements of one repeat (see the module's docstring); NVML clock records of
+    each model's timed steps are appended to ``clocks`` (when given)."""
     tcfg = TransformerConfig.gpt2_small(**cfg["model"])
     shape = TransformerShape.from_config(tcfg)
     B, S = cfg["batch"], cfg["seq"]
@@ -841,8 +989,15 @@ def bench_models(cfg: dict, device: torch.device, repeat: int = 0, log=print) ->
                               targets=("q_proj", "v_proj"))
         with _env("LORA_EDU_TRITON", triton_env):
             out = _train_measure(model, lambda: lm_loss(model(ids), ids), cfg, device, unrelated)
+            # the back-end LoRALinear(impl="fused") ran (q_proj's input: (B·S, d_model)), so that a name
+            # means the same kernels in the layer and in the model records
+            backend = None if impl != "fused" else fused_mod.choose_backend(
+                torch.empty(B * S, shape.d_model, device=device, dtype=torch.bfloat16), shape.d_model,
+                shape.d_model, torch.bfloat16, 8)
         n_train, n_total = count_parameters(model)
-        records.append(_model_record("lora_edu_transformer", method, B, S, n_train, n_total, out, est.total, repeat))
+        records.append(_model_record("lora_edu_transformer", method, B, S, n_train, n_total, out, est.total, repeat)
+                       | {"fused_backend": backend})
+        _model_clock(clocks, records[-1], out, repeat)
         log(_model_line(records[-1]))
         del model
         if device.type == "cuda":
@@ -871,7 +1026,9 @@ def bench_models(cfg: dict, device: torch.device, repeat: int = 0, log=print) ->
         out = _train_measure(model, lambda: model(input_ids=ids, labels=ids).loss, cfg, device, unrelated)
         n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
         n_total = sum(p.numel() for p in model.parameters())
-        records.append(_model_record("gpt2_hf", method, B, S, n_train, n_total, out, est.total, repeat))
+        records.append(_model_record("gpt2_hf", method, B, S, n_train, n_total, out, est.total, repeat)
+                       | {"fused_backend": None})
+        _model_clock(clocks, records[-1], out, repeat)
         log(_model_line(records[-1]))
         del model
         if device.type == "cuda":
@@ -884,12 +1041,21 @@ def bench_models(cfg: dict, device: torch.device, repeat: int = 0, log=print) ->
     return records
 
 
+def _model_clock(clocks: list[dict] | None, rec: dict, out: dict, repeat: int) -> None:
+    if clocks is not None:
+        clocks.append({"block": f"model {rec['model']} {rec['method']}", "repeat": repeat,
+                       "before": out.get("clock_before"), "after": out.get("clock_after"),
+                       "during": out.get("clock_during")})
+
+
 def _model_record(model, method, B, S, n_train, n_total, out, predicted, repeat) -> dict:
     return {"model": model, "method": method, "batch": B, "seq": S, "dtype": "bfloat16 autocast, float32 weights",
             "trainable": int(n_train), "total_params": int(n_total), "peak_bytes": out["peak_bytes"],
             "peak_gib": gib(out["peak_bytes"]), "predicted_bytes": int(predicted), "predicted_gib": gib(predicted),
             "prediction_error": predicted / out["peak_bytes"] - 1, "step_ms": out["step_ms"],
             "step_host_ms": out["step_host_ms"], "step_gpu_ms": out["step_gpu_ms"],
+            "step_ms_p10": out.get("step_ms_p10"), "step_ms_p90": out.get("step_ms_p90"),
+            "steps_timed": out.get("steps_timed"),
             "reserve_slack_bytes": out["reserve_slack_bytes"], "outside_allocator_bytes": out["outside_allocator_bytes"],
             "step_ratio_to_full": None, "repeat": repeat}
 
@@ -906,20 +1072,30 @@ def _median_or_none(xs: list) -> float | None:
 
 
 def summarize_models(records: list[dict]) -> list[dict]:
-    """Per (model, method): median step time and step ratio over repeats, with their min–max."""
+    """Per (model, method): median step time and GPU time over repeats, with the min–max of the step
+    time. The ratios to full fine-tuning are ratios of these medians (so the ms and ratio columns of a
+    table agree); ``step_ratio_min``/``_max`` are the per-repeat ratios' range."""
     out = []
     keys = list(dict.fromkeys((x["model"], x["method"]) for x in records))
+    medians = {}
+    for model, method in keys:
+        recs = [x for x in records if (x["model"], x["method"]) == (model, method)]
+        medians[model, method] = (statistics.median(x["step_ms"] for x in recs),
+                                  _median_or_none([x["step_gpu_ms"] for x in recs]))
     for model, method in keys:
         recs = [x for x in records if (x["model"], x["method"]) == (model, method)]
         ms, ratios = [x["step_ms"] for x in recs], [x["step_ratio_to_full"] for x in recs]
-        out.append({"model": model, "method": method, "step_ms": statistics.median(ms), "step_ms_min": min(ms),
-                    "step_ms_max": max(ms), "step_ratio_to_full": statistics.median(ratios),
+        step, gpu = medians[model, method]
+        full_step, full_gpu = medians.get((model, "full"), (None, None))
+        out.append({"model": model, "method": method, "step_ms": step, "step_ms_min": min(ms),
+                    "step_ms_max": max(ms), "step_ratio_to_full": step / full_step if full_step else None,
                     "step_ratio_min": min(ratios), "step_ratio_max": max(ratios),
                     "step_host_ms": statistics.median(x["step_host_ms"] for x in recs),
-                    "step_gpu_ms": _median_or_none([x["step_gpu_ms"] for x in recs]),
-                    "gpu_ratio_to_full": _median_or_none([x.get("gpu_ratio_to_full") for x in recs]),
+                    "step_gpu_ms": gpu, "gpu_ratio_to_full": gpu / full_gpu if gpu and full_gpu else None,
                     "peak_gib": statistics.median(x["peak_gib"] for x in recs),
-                    "predicted_gib": recs[0]["predicted_gib"], "repeats": len(recs)})
+                    "predicted_gib": recs[0]["predicted_gib"], "repeats": len(recs),
+                    "steps_timed": recs[0].get("steps_timed"), "fused_backend": recs[0].get("fused_backend"),
+                    "ratios": "of the medians over repeats"})
     return out
 
 
@@ -1021,6 +1197,16 @@ def retarget(path: Path, fused: str) -> None:
     path.write_text(json.dumps(data, indent=1, default=str) + "\n")
 
 
+def fused_backends(groups: list[dict], dtype: torch.dtype) -> dict[str, str]:
+    """``{"bf16 d=4096 r=8": "torch", ...}``: what ``lora_linear``'s automatic back-end choice gives for
+    each layer comparison's input (what the ``lora_fused`` records ran)."""
+    out = {}
+    for group in groups:
+        x, d, r = group["x"], group["d"], group["r"]
+        out[f"{group['config']} d={d} r={r}"] = fused_mod.choose_backend(x, d, d, dtype, r)
+    return out
+
+
 def quick_layers(d: int = 4096, r: int = 8, device: torch.device | str = "cuda") -> list[dict]:
     """One short comparison for a notebook's live cell: the bf16 layers at ``(d, r)``, T = 8192, eager and
     (on CUDA) in CUDA graphs, one repeat. Returns the summary rows (ratios to the frozen base)."""
@@ -1075,9 +1261,9 @@ def main(argv: list[str] | None = None) -> int:
         recs, clk = bench_layers(groups, cfg, device, dtype, repeat)
         records += recs
         clocks += clk
-        kernel_records += bench_kernels(cfg, device, dtype, repeat)
+        kernel_records += bench_kernels(cfg, device, dtype, repeat, clocks)
         if not args.skip_models and (repeat == 0 or not smoke):
-            model_records += bench_models(cfg, device, repeat)
+            model_records += bench_models(cfg, device, repeat, clocks=clocks)
     ceilings["end"] = bench_ceilings(cfg, device)
     ceilings.update({k: ceilings["start"][k] for k in ("bandwidth", "matmul_flops", "copy_bytes", "matmul_size")})
     summary = summarize(records)
@@ -1090,6 +1276,12 @@ def main(argv: list[str] | None = None) -> int:
         "triton_config": fused_mod._kernels().CONFIG if fused_mod._kernels() is not None else None,
         "rule": {"auto": "fused on CUDA, reference elsewhere", "triton": "opt-in (LORA_EDU_TRITON=1)"},
         "default_fused_method": "lora_fused",
+        # the back-end LoRALinear(impl="fused") ran in each layer comparison (records "lora_fused"); the
+        # recording of 2026-11-30 predates this field, and its d = 4096, r = 8 "lora_fused" records ran
+        # the Triton kernels under the rule of that day (settings["rule_as_recorded"])
+        "fused_backends": fused_backends(groups, dtype),
+        "eager_timing": "steady-state loop per method (steady_iters calls between two CUDA events, "
+                        "steady_rounds rounds in a shuffled order)",
         "seconds": round(time.perf_counter() - t_start, 1)}
     result = {"benchmark": "lora_gpu", "gpu": env["gpu"], "device": env["device"], "smoke": smoke,
               "date": env["date"], "versions": env["versions"], "system": env["system"], "settings": settings,

@@ -37,7 +37,7 @@ CHAPTERS: tuple[Chapter, ...] = (
             "fine-tune a small transformer with LoRA, sweep r, measure the rank of ΔW", 60,
             "optional: a larger configuration runs on a GPU; recorded GPU results are shown"),
     Chapter("07", "07_lora_on_gpu.ipynb", "LoRA on a GPU",
-            "predict and measure memory, explain and reduce LoRA's training overhead", 45,
+            "predict and measure memory, explain and reduce LoRA's training overhead", 80,
             "helps: re-measures live on a GPU; recorded H200 results are shown otherwise"),
 )
 

@@ -115,6 +115,84 @@ def test_model_records_compare_measured_and_predicted_memory(smoke):
     assert summary == set(rows)
 
 
+def test_eager_modes_are_timed_as_a_steady_state_loop_per_method(smoke):
+    """Eager times come from one method's calls back to back (steady_rounds samples of steady_iters
+    calls each), not from a call-by-call mix in which one method's host time hides behind another's."""
+    bench, data = smoke
+    cfg = bench.SMOKE
+    assert "steady-state" in data["settings"]["eager_timing"]
+    for rec in data["records"]:
+        if rec["mode"] in ("forward", "forward_backward"):
+            assert rec["n"] == cfg["steady_rounds"]
+
+
+def test_steady_state_runs_each_method_alone_in_its_own_loop():
+    bench = load_benchmark()
+    calls = []
+    fns = {name: (lambda name=name: calls.append(name)) for name in ("a", "b", "c")}
+    cfg = dict(steady_rounds=3, steady_warmup=2, steady_iters=4)
+    times = bench.steady_state(fns, cfg, bench.torch.device("cpu"), seed=1)
+    assert {k: len(v) for k, v in times.items()} == {"a": 3, "b": 3, "c": 3}
+    per_block = cfg["steady_warmup"] + cfg["steady_iters"]
+    blocks = [calls[i:i + per_block] for i in range(0, len(calls), per_block)]
+    assert len(blocks) == 9 and all(len(set(b)) == 1 for b in blocks)      # never two methods mixed
+    rounds = [[b[0] for b in blocks[i:i + 3]] for i in range(0, 9, 3)]
+    assert all(sorted(r) == ["a", "b", "c"] for r in rounds)
+    assert len({tuple(r) for r in rounds}) > 1                              # the order is shuffled
+
+
+def test_kernels_that_run_the_same_operation_share_one_timing(smoke):
+    """The big matmul of the base and of a LoRA layer is one timing per repeat (it was timed once per
+    layer, and clock changes between batches made the same GEMM differ by up to 10 %)."""
+    bench, data = smoke
+    for repeat in range(bench.SMOKE["repeats"]):
+        by_op: dict[str, set] = {}
+        for k in data["kernel_records"]:
+            if k["repeat"] == repeat and k["impl"] != "fused_triton":
+                assert k["op"] == bench.KERNEL_OPS[k["name"]]
+                assert k["min_ms"] <= k["median_ms"] <= k["max_ms"]
+                by_op.setdefault(k["op"], set()).add(k["median_ms"])
+        assert all(len(times) == 1 for times in by_op.values())
+        big = {k["impl"] for k in data["kernel_records"] if k["repeat"] == repeat and k["op"] == "x·Wᵀ"}
+        assert big == {"base", "reference"}
+        assert {k["op"] for k in data["kernel_records"] if k["big"]} == set(bench.BIG_OPS)
+    blocks = [c["block"] for c in data["clock_records"]]
+    assert sum(b.startswith("kernels") for b in blocks) == bench.SMOKE["repeats"]
+
+
+def test_model_runs_time_enough_steps_and_record_clocks(smoke):
+    bench, data = smoke
+    assert bench.FULL["model_iters"] >= 50
+    for rec in data["model_records"]:
+        assert rec["steps_timed"] == bench.SMOKE["model_iters"]
+        assert rec["step_ms_p10"] <= rec["step_ms"] <= rec["step_ms_p90"]
+    fused = [m for m in data["model_records"] if m["method"] == "lora_fused"]
+    assert fused and all(m["fused_backend"] == "torch" for m in fused)     # what LoRALinear(impl="fused") ran
+    blocks = [c["block"] for c in data["clock_records"]]
+    for rec in data["model_records"]:
+        assert f"model {rec['model']} {rec['method']}" in blocks
+    # the summary's ratios are ratios of its medians: the ms and ratio columns of a table agree
+    summary = {(m["model"], m["method"]): m for m in data["model_summary"]}
+    for (model, _), m in summary.items():
+        assert m["step_ratio_to_full"] == pytest.approx(m["step_ms"] / summary[model, "full"]["step_ms"])
+
+
+def test_settings_name_the_back_end_of_each_fused_record(smoke):
+    bench, data = smoke
+    cfg = bench.SMOKE
+    want = {f"bf16 d={d} r={r}" for d in cfg["dims"] for r in cfg["ranks"]}
+    want |= {f"peft_default d={d} r={r}" for d in cfg["dims"] for r in cfg["realistic_ranks"]}
+    assert set(data["settings"]["fused_backends"]) == want
+    assert set(data["settings"]["fused_backends"].values()) == {"torch"}   # the default back-end
+
+
+def test_clock_sampler_without_nvml_is_empty():
+    bench = load_benchmark()
+    with bench.ClockSampler(bench.torch.device("cpu"), 0.01) as sampler:
+        pass
+    assert sampler.summary() is None and sampler.samples == []
+
+
 def test_recorded_gpu_results_have_the_schema():
     """The committed H200 results (benchmarks/results/*.json, not smoke runs) follow the same schema,
     with at least three repeats, CUDA-graph timings, clocks and a kernel profile."""
