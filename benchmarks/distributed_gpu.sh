@@ -18,6 +18,7 @@
 # It uses the machine's own python3 with a CUDA torch and runs from the repository root with PYTHONPATH=.
 # NVLink multicast (NVLS) stays off: a shared machine's GPUs can be put out of service by it.
 set -u -o pipefail
+py=${PYTHON:-python3}  # the python with a CUDA torch (PYTHON=.venv/bin/python for SMOKE=1 in a checkout)
 out=${1:?usage: distributed_gpu.sh OUT_DIR}
 mkdir -p "$out"
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -41,8 +42,8 @@ fi
 job() {  # job NPROC NAME ARGS...: one torchrun job writing OUT_DIR/NAME.json (and NAME.log)
     local n=$1 name=$2
     shift 2
-    timeout "${JOB_TIMEOUT_S:-300}" python3 -m torch.distributed.run --standalone --nproc_per_node "$n" \
-        -m lora_edu.distributed "${common[@]}" "$@" --out "$out/$name.json" >"$out/$name.log" 2>&1
+    timeout "${JOB_TIMEOUT_S:-300}" "$py" -m torch.distributed.run --standalone --nproc_per_node "$n" \
+        -m lora_edu.distributed "${common[@]}" --keep-going "$@" --out "$out/$name.json" >"$out/$name.log" 2>&1
     local rc=$?
     echo "$name: exit $rc"; tail -3 "$out/$name.log"
     return $rc
@@ -50,14 +51,14 @@ job() {  # job NPROC NAME ARGS...: one torchrun job writing OUT_DIR/NAME.json (a
 
 job 1 one_gpu --tasks timing || status=1
 job 2 two_gpus --tasks ddp,compress,timing,fsdp,bandwidth,pitfalls --sizes "$sizes" --iters 20 || status=1
-JOB_TIMEOUT_S=120 job 2 fsdp1 --tasks fsdp1 --modes lora --steps 1 || status=1
+JOB_TIMEOUT_S=${FSDP1_TIMEOUT_S:-120} job 2 fsdp1 --tasks fsdp1 --modes lora --steps 1 || status=1
 
 start=$(date +%s.%N)
-timeout "${TESTS_TIMEOUT_S:-240}" python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_distributed.py 2>&1 \
+timeout "${TESTS_TIMEOUT_S:-240}" "$py" -m pytest -q -m gpu -p no:cacheprovider tests/test_distributed.py 2>&1 \
     | tee "$out/gpu_tests.txt" | tail -5 || status=1
 end=$(date +%s.%N)
 
-python3 - "$out" "$start" "$end" "$status" <<'EOF' || status=1
+"$py" - "$out" "$start" "$end" "$status" <<'EOF' || status=1
 import json, re, subprocess, sys, time
 from pathlib import Path
 

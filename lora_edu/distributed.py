@@ -55,7 +55,7 @@ from lora_edu.transformer import Transformer, TransformerConfig
 __all__ = [
     "MODELS", "gradient_bytes", "ddp_buckets", "ring_factor", "ring_allreduce_seconds", "bus_bandwidth",
     "fsdp_bytes", "plan", "ByteCounter", "counting_allreduce_hook", "CollectiveCounter", "build_model",
-    "make_batch", "train_step", "wrap_ddp", "wrap_fsdp", "peak_bytes", "state_bytes", "launch",
+    "make_batch", "forward_backward", "make_optimizer", "train_step", "wrap_ddp", "wrap_fsdp", "peak_bytes", "state_bytes", "launch",
     "DistributedJobError",
 ]
 
@@ -712,41 +712,48 @@ class _Run:
 
     # ----- FSDP1's FlatParameter: the uniform-requires_grad error (it runs on GPUs only)
     def fsdp1(self) -> dict[str, Any]:
+        import functools
+
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP1
-        from torch.distributed.fsdp.wrap import ModuleWrapPolicy, lambda_auto_wrap_policy
+        from torch.distributed.fsdp.wrap import lambda_auto_wrap_policy
 
         from lora_edu.transformer import Block
 
         out: dict[str, Any] = {}
-        for name, use_orig, policy in (
-                ("blocks_flat", False, ModuleWrapPolicy({Block})),
-                ("blocks_orig_params", True, ModuleWrapPolicy({Block})),
-                ("uniform_units", False, lambda_auto_wrap_policy(lambda_fn=_uniform_unit))):
+        for name, use_orig, uniform in (("blocks_flat", False, False), ("blocks_orig_params", True, False),
+                                        ("uniform_units", False, True)):
             model = self.model("lora")
+            for layer in model.modules():
+                if isinstance(layer, LoRALinear):  # FSDP1 gathers a unit in its forward: call base(x)
+                    layer.impl = "reference"
+            rule = _uniform_units(model) if uniform else (lambda m: isinstance(m, Block))
             try:
-                wrapped = FSDP1(model, auto_wrap_policy=policy, use_orig_params=use_orig, device_id=self.device)
-                opt = make_optimizer(wrapped)
-                opt.zero_grad(set_to_none=True)
+                wrapped = FSDP1(model, auto_wrap_policy=functools.partial(lambda_auto_wrap_policy, lambda_fn=rule),
+                                use_orig_params=use_orig, device_id=self.device)
                 torch.cuda.synchronize()
                 before = torch.cuda.memory_allocated()
                 forward_backward(wrapped, self.batch(0), self.args.amp)
                 torch.cuda.synchronize()
-                grads = sum(g.numel() * g.element_size() for g in _flat_grads(wrapped))
-                out[name] = {"ok": True, "gradient_bytes_per_rank": grads,
+                out[name] = {"ok": True, "gradient_bytes_per_rank": sum(g.numel() * g.element_size()
+                                                                        for g in _flat_grads(wrapped)),
                              "allocated_after_backward": torch.cuda.memory_allocated() - before}
-            except (ValueError, RuntimeError, AssertionError) as err:
+                del wrapped
+            except Exception as err:  # noqa: BLE001 -- the error is the result
                 out[name] = {"ok": False, "error": f"{type(err).__name__}: {_first_line(err)}"}
             del model
+            torch.cuda.empty_cache()
         return out
 
 
-def _uniform_unit(module: nn.Module) -> bool:
-    """FSDP1 wrap rule for LoRA: frozen linears, each LoRALinear's adapters, and blocks get their own units."""
+def _uniform_units(model: nn.Module) -> Any:
+    """FSDP1 wrap rule for LoRA: each frozen linear of a block, each LoRA layer (its A and B) and each
+    block (its LayerNorms) is its own unit, so no unit mixes frozen and trainable parameters. The
+    head stays with the root: GPT-2 ties it to the token embedding."""
     from lora_edu.transformer import Block
 
-    if isinstance(module, (LoRALinear, Block)):
-        return True
-    return isinstance(module, nn.Linear) and not any(p.requires_grad for p in module.parameters())
+    frozen = {id(m) for b in model.blocks for m in b.modules()
+              if isinstance(m, nn.Linear) and not any(p.requires_grad for p in m.parameters())}
+    return lambda m: isinstance(m, (LoRALinear, Block)) or id(m) in frozen
 
 
 def _flat_grads(model: nn.Module) -> list[torch.Tensor]:
@@ -787,6 +794,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="JSON file rank 0 writes")
     p.add_argument("--tensors", default=None, help="folder for gradients and the adapter (safetensors)")
     p.add_argument("--run-dir", default=None, help="folder for each rank's pid and error file (launch uses it)")
+    p.add_argument("--keep-going", action="store_true", help="record a failing task's error and go on")
     p.add_argument("--fail-rank", type=int, default=None, help="testing: this rank fails at step --fail-step")
     p.add_argument("--fail-how", choices=["raise", "kill", "hang"], default="raise")
     p.add_argument("--fail-step", type=int, default=1)
@@ -822,14 +830,19 @@ def _versions() -> dict[str, str]:
             "nccl": ".".join(map(str, torch.cuda.nccl.version())) if torch.cuda.is_available() else "none"}
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Run the tasks of one job on this rank (the process group is up); rank 0's dict is the result."""
+def run(args: argparse.Namespace, save: Any = None) -> dict[str, Any]:
+    """Run the tasks of one job on this rank (the process group is up); rank 0's dict is the result.
+
+    ``save(result)`` is called after every task, so a long GPU session keeps what it measured even if
+    a later task fails. A task that raises on every rank alike (a PyTorch version without a feature)
+    is recorded as ``{"error": ...}`` and the next task runs.
+    """
     job = _Run(args)
     modes = [m for m in args.modes.split(",") if m]
     tasks = [t for t in args.tasks.split(",") if t]
     unknown = sorted(set(tasks) - {"ddp", "compress", "timing", "fsdp", "pitfalls", "bandwidth", "fsdp1"})
-    if unknown or not set(modes) <= {"full", "lora"}:
-        raise ValueError(f"unknown tasks {unknown} or modes {modes}")
+    if unknown or not modes or not set(modes) <= {"full", "lora"}:
+        raise ValueError(f"--tasks has unknown entries {unknown} or --modes {modes} is not a list of full, lora")
     t0 = time.perf_counter()
     out: dict[str, Any] = {
         "world_size": job.world, "backend": dist.get_backend(), "device": job.device.type,
@@ -839,19 +852,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "tokens_per_rank": args.batch * args.seq,
     }
     for task in tasks:
-        if task in ("pitfalls", "compress"):
-            out[task] = getattr(job, task)()
-        elif task == "bandwidth":
-            out[task] = job.bandwidth()
-        elif task == "fsdp1":
-            out[task] = job.fsdp1() if job.device.type == "cuda" else {"skipped": "FSDP1 runs on GPUs only"}
-        elif task == "fsdp":
-            out[task] = {m: job.fsdp(m) for m in modes}
-            if "lora" in modes:
-                out[task]["lora_root_unit"] = job.fsdp("lora", units="root")
-        else:
-            out[task] = {m: getattr(job, task)(m) for m in modes}
-    out["wall_s"] = time.perf_counter() - t0
+        try:
+            if task in ("pitfalls", "compress", "bandwidth"):
+                out[task] = getattr(job, task)()
+            elif task == "fsdp1":
+                out[task] = job.fsdp1() if job.device.type == "cuda" else {"skipped": "FSDP1 runs on GPUs only"}
+            elif task == "fsdp":
+                out[task] = {m: job.fsdp(m) for m in modes}
+                if "lora" in modes:
+                    out[task]["lora_root_unit"] = job.fsdp("lora", units="root")
+            else:
+                out[task] = {m: getattr(job, task)(m) for m in modes}
+        except (RuntimeError, ValueError, TypeError, AssertionError, NotImplementedError) as err:
+            if not args.keep_going:
+                raise
+            out[task] = {"error": f"{type(err).__name__}: {str(err)[:500]}"}
+        out["wall_s"] = time.perf_counter() - t0
+        if save is not None:
+            save(out)
     return out
 
 
@@ -868,15 +886,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         if "RANK" not in os.environ:
             raise RuntimeError("start this module with torchrun: torchrun --standalone --nproc_per_node 2 "
                                "-m lora_edu.distributed ... (or call lora_edu.distributed.launch from Python)")
-        dist.init_process_group(_backend(args.backend), timeout=timedelta(seconds=args.timeout))
+        backend = _backend(args.backend)
+        if backend == "nccl":  # one GPU per process, chosen before the first collective
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group(backend, timeout=timedelta(seconds=args.timeout))
         try:
             if args.fail_rank is not None:
                 _fail(args)
-            result = run(args)
-            if rank == 0 and args.out:
-                tmp = Path(args.out).with_suffix(".tmp")
-                tmp.write_text(json.dumps(result, indent=1))
-                tmp.replace(args.out)
+            def save(result: dict[str, Any]) -> None:
+                if rank == 0 and args.out:
+                    tmp = Path(args.out).with_suffix(".tmp")
+                    tmp.write_text(json.dumps(result, indent=1))
+                    tmp.replace(args.out)
+
+            run(args, save)
             dist.barrier()
         finally:
             dist.destroy_process_group()

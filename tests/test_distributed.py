@@ -198,7 +198,8 @@ def test_ddp_gradient_equals_the_single_process_gradient_on_the_whole_batch(job)
         ref = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
         assert ddp_grads.keys() == ref.keys()
         for name, g in ref.items():
-            torch.testing.assert_close(ddp_grads[name], g, rtol=1e-4, atol=1e-6, msg=name)
+            torch.testing.assert_close(ddp_grads[name], g, rtol=1e-4, atol=1e-6 if result["backend"] == "gloo" else 1e-5,
+                                       msg=name)
 
 
 def test_unused_adapter_raises_and_the_fixes_work(job):
