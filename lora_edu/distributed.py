@@ -388,7 +388,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, tokens: torch
 
 def make_optimizer(model: nn.Module, lr: float = 1e-3) -> torch.optim.Optimizer:
     """AdamW over the trainable parameters only (a frozen weight gets no optimizer state)."""
-    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, foreach=False)
+    return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
 
 
 def wrap_ddp(model: nn.Module, counter: ByteCounter | None = None, **ddp_kwargs: Any) -> nn.Module:
@@ -581,20 +581,24 @@ class _Run:
             train_step(ddp, opt, self.batch(step), a.amp)
         return {"bytes_per_step": counter.bytes, "buckets": counter.calls}
 
-    # ----- step time with and without the all-reduce (DDP's no_sync), side by side
+    # ----- step time with and without the all-reduce (DDP's no_sync) and on one device alone, interleaved
     def timing(self, mode: str) -> dict[str, Any]:
         a = self.args
         model = self.model(mode)
         opt = make_optimizer(model)
         if self.world == 1:
             variants = {"single": (model, None)}
-        else:
+        else:  # "alone": rank 0 steps the bare model (no DDP, nothing sent) while the others wait
             ddp = wrap_ddp(model)
-            variants = {"allreduce": (ddp, None), "no_sync": (ddp, ddp.no_sync)}
+            variants = {"allreduce": (ddp, None), "no_sync": (ddp, ddp.no_sync), "alone": (model, None)}
         times: dict[str, list[float]] = {k: [] for k in variants}
         step = 0
         for rep in range(a.repeats):
             for name, (m, context) in variants.items():
+                dist.barrier()
+                if name == "alone" and self.rank != 0:
+                    times[name] += [0.0] * a.steps
+                    continue
                 for i in range(a.warmup + a.steps):
                     _sync(self.device)
                     t0 = time.perf_counter()
@@ -615,8 +619,9 @@ class _Run:
             dist.all_reduce(t, op=dist.ReduceOp.MAX)
         out: dict[str, Any] = {k: {"median_s": statistics.median(t.tolist()), "steps_s": t.tolist()}
                                for k, t in slowest.items()}
-        if self.world > 1:
+        if self.world > 1:  # the slowdown of a step, split: sharing the machine, then waiting for the bytes
             out["exposed_comm_s"] = out["allreduce"]["median_s"] - out["no_sync"]["median_s"]
+            out["efficiency"] = out["alone"]["median_s"] / out["allreduce"]["median_s"]
         return out
 
     # ----- FSDP2: its collectives, its memory, and the same result as DDP
@@ -889,7 +894,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         backend = _backend(args.backend)
         if backend == "nccl":  # one GPU per process, chosen before the first collective
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        dist.init_process_group(backend, timeout=timedelta(seconds=args.timeout))
+        device_id = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else None
+        dist.init_process_group(backend, timeout=timedelta(seconds=args.timeout), device_id=device_id)
         try:
             if args.fail_rank is not None:
                 _fail(args)
