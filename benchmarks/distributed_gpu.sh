@@ -36,7 +36,7 @@ else
     sizes=4096,65536,1048576,4194304,16777216,67108864,268435456,1073741824
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max.mem --format=csv,noheader \
         | tee "$out/gpu.txt"
-    nvidia-smi topo -m | tee "$out/topo.txt"
+    nvidia-smi topo -m | sed 's/\x1b\[[0-9;]*m//g' | tee "$out/topo.txt"   # without the terminal's underlining
 fi
 
 job() {  # job NPROC NAME ARGS...: one torchrun job writing OUT_DIR/NAME.json (and NAME.log)
