@@ -13,6 +13,7 @@ Predictions (plain arithmetic; no process group)::
     gradient_bytes(model)                     bytes DDP all-reduces per step (count_parameters x bytes)
     ddp_buckets(model)                        DDP's bucket sizes (25 MB caps, a 1 MB first bucket)
     ring_allreduce_seconds(b, N, B, latency)  latency + 2(N-1)/N * b / B, B the bus bandwidth
+    step_time_bounds(compute, allreduce)      a step with perfect overlap, and with none
     fsdp_bytes(model, N)                      what FSDP2 all-gathers and reduce-scatters per step
     plan(n_params, n_trainable, N, strategy)  memory per GPU and traffic per step, on paper
 
@@ -54,7 +55,7 @@ from lora_edu.transformer import Transformer, TransformerConfig
 
 __all__ = [
     "MODELS", "gradient_bytes", "ddp_buckets", "ring_factor", "ring_allreduce_seconds", "bus_bandwidth",
-    "fsdp_bytes", "plan", "ByteCounter", "counting_allreduce_hook", "CollectiveCounter", "build_model",
+    "step_time_bounds", "fsdp_bytes", "plan", "ByteCounter", "counting_allreduce_hook", "CollectiveCounter", "build_model",
     "make_batch", "forward_backward", "make_optimizer", "train_step", "wrap_ddp", "wrap_fsdp", "peak_bytes", "state_bytes", "launch",
     "DistributedJobError",
 ]
@@ -173,6 +174,24 @@ def ring_allreduce_seconds(n_bytes: float, world_size: int, bus_bandwidth: float
         raise ValueError(f"latency_s must be a number >= 0, got {latency_s!r}.")
     return _positive_int(calls, "calls") * latency_s + ring_factor(world_size) * n_bytes / _positive(
         bus_bandwidth, "bus_bandwidth")
+
+
+def step_time_bounds(compute_s: float, allreduce_s: float, backward_fraction: float = 2 / 3) -> tuple[float, float]:
+    """The time of a data-parallel step, ``(best, worst)``, from its parts.
+
+    ``compute_s``: the step without communication; ``allreduce_s``: the all-reduces of one step on their
+    own (:func:`ring_allreduce_seconds`). At best they hide behind the backward pass
+    (``backward_fraction`` of the step: about 2/3, since backward costs twice the forward's FLOPs) and
+    only the excess shows; at worst nothing overlaps::
+
+        compute + max(0, allreduce - backward)  <=  step  <=  compute + allreduce
+    """
+    c, a = _positive(compute_s, "compute_s"), float(allreduce_s)
+    if not (a >= 0 and math.isfinite(a)):
+        raise ValueError(f"allreduce_s must be a number >= 0, got {allreduce_s!r}.")
+    if not 0 < backward_fraction < 1:
+        raise ValueError(f"backward_fraction must be between 0 and 1, got {backward_fraction!r}.")
+    return c + max(0.0, a - backward_fraction * c), c + a
 
 
 def _sharded_bytes(p: torch.Tensor, world_size: int) -> int:
