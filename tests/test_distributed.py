@@ -177,7 +177,7 @@ def job(request, tmp_path_factory):
     tensors = tmp_path_factory.mktemp(f"job_{backend}")
     env = {"LORA_EDU_DEVICE": "cuda" if backend == "nccl" else "cpu"}
     result = launch(["--backend", backend, "--model", "tiny", "--tasks", "ddp,compress,fsdp,pitfalls",
-                     "--lora-r", "4", "--bucket-cap-mb", str(CAP_MB), "--tensors", str(tensors)],
+                     "--lora-r", "4", "--bucket-cap-mb", str(CAP_MB), "--peak", "on", "--tensors", str(tensors)],
                     nproc=2, timeout=300, env=env)
     return result, tensors
 
@@ -232,6 +232,9 @@ def test_fsdp2_matches_ddp_and_moves_the_predicted_bytes(job):
         assert rec["gradient_entries_per_rank"] == [count_parameters(model)[0] // 2] * 2
     root = result["fsdp"]["lora_root_unit"]
     assert root["largest_gather_bytes"] == count_parameters(build_model(TINY, "lora", r=4))[1] * 4
+    for rec in (result["ddp"]["full"], result["fsdp"]["full"]):  # each rank's peak holds at least its state
+        for peak, held in zip(rec["peak_bytes"], rec["state_bytes"]):
+            assert peak >= held["weights"] + held["optimizer"]
 
 
 def test_adapter_saved_by_rank_0_loads_into_a_single_process(job):
