@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from lora_edu.checks import Feedback, NotAnswered, exercise, passed, require_answer
+from lora_edu.checks import Feedback, NotAnswered, check_choice, exercise, passed, require_answer
 from lora_edu.checks.gpu import _near, _number, _slips
 
 
@@ -154,11 +154,7 @@ _FSDP1_UNITS = {
 @exercise
 def check_fsdp1_units(value: Any) -> None:
     """Which FSDP1 wrapping of a LoRA model works with ``use_orig_params=False``: ``"separate"``."""
-    require_answer(value, "fsdp1_units")
-    if value not in _FSDP1_UNITS:
-        raise Feedback(f"`fsdp1_units` = {value!r} is not one of the choices {sorted(_FSDP1_UNITS)}.")
-    if value != "separate":
-        raise Feedback(f"`fsdp1_units` = {value!r}: {_FSDP1_UNITS[value]}")
+    check_choice(value, "separate", "fsdp1_units", _FSDP1_UNITS)
     passed("units that are all frozen or all trainable: the frozen base weights, each layer's A and B, the rest "
            "of each block. FSDP2 lifts the rule, since it shards parameter by parameter.")
 
@@ -180,11 +176,7 @@ _SAVE_PLANS = {
 @exercise
 def check_save_plan(value: Any) -> None:
     """How to save an FSDP2-sharded adapter: every rank gathers, rank 0 alone writes."""
-    require_answer(value, "save_plan")
-    if value not in _SAVE_PLANS:
-        raise Feedback(f"`save_plan` = {value!r} is not one of the choices {sorted(_SAVE_PLANS)}.")
-    if value != "everyone_gathers_rank0_writes":
-        raise Feedback(f"`save_plan` = {value!r}: {_SAVE_PLANS[value]}")
+    check_choice(value, "everyone_gathers_rank0_writes", "save_plan", _SAVE_PLANS)
     passed("every rank takes part in the gather (a collective), one rank writes, and a barrier keeps the others "
            "from reading a half-written file.")
 
