@@ -728,7 +728,9 @@ class _Run:
             return float(t)
 
         seconds = [timed([s], a.iters) for s in sizes]
-        latency, bus = seconds[0], bus_bandwidth(sizes[-1], seconds[-1], self.world)
+        # the model's two numbers: the fixed cost is the quickest all-reduce (a small one; the minimum is robust
+        # to a busy machine), the bandwidth is the bus bandwidth of the largest message
+        latency, bus = min(seconds), bus_bandwidth(sizes[-1], seconds[-1], self.world)
         out: dict[str, Any] = {"sizes": sizes, "seconds": seconds,
                                "bus_bandwidth": [bus_bandwidth(s, t, self.world) for s, t in zip(sizes, seconds)],
                                "model_latency_s": latency, "model_bus_bandwidth": bus, "schedule": {}}
