@@ -55,9 +55,9 @@ from lora_edu.transformer import Transformer, TransformerConfig
 
 __all__ = [
     "MODELS", "gradient_bytes", "ddp_buckets", "ring_factor", "ring_allreduce_seconds", "bus_bandwidth",
-    "step_time_bounds", "fsdp_bytes", "plan", "ByteCounter", "counting_allreduce_hook", "CollectiveCounter", "build_model",
-    "make_batch", "forward_backward", "make_optimizer", "train_step", "wrap_ddp", "wrap_fsdp", "peak_bytes", "state_bytes", "launch",
-    "DistributedJobError",
+    "step_time_bounds", "fsdp_bytes", "plan", "ByteCounter", "counting_allreduce_hook", "CollectiveCounter",
+    "build_model", "make_batch", "forward_backward", "make_optimizer", "train_step", "wrap_ddp", "wrap_fsdp",
+    "peak_bytes", "state_bytes", "launch", "DistributedJobError",
 ]
 
 MB = 2**20  # DDP's bucket_cap_mb counts mebibytes
@@ -335,7 +335,8 @@ class CollectiveCounter:
 
     def total(self, kind: str, floating_only: bool = False) -> int:
         """Bytes of all collectives of one kind (``floating_only``: skip integer bookkeeping messages)."""
-        return sum(b for k, b, dt in self.ops if k == kind and (not floating_only or dt.startswith(("float", "bfloat"))))
+        return sum(b for k, b, dt in self.ops
+                   if k == kind and (not floating_only or dt.startswith(("float", "bfloat"))))
 
     def calls(self, kind: str) -> int:
         return sum(1 for k, _, _ in self.ops if k == kind)
@@ -668,8 +669,9 @@ class _Run:
                                                         if p.grad is not None)),
                "state_bytes": _gather(state_bytes(model, opt))}
         if mode in self.final and units == "blocks":  # the ddp task ran the same steps on the same data
-            diffs = [(_local(p.full_tensor() if hasattr(p, "full_tensor") else p).detach() - self.final[mode][n]).abs().max()
-                     for n, p in model.named_parameters() if p.requires_grad]
+            full = {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach()  # a collective: all ranks
+                    for n, p in model.named_parameters() if p.requires_grad}
+            diffs = [(w - self.final[mode][n]).abs().max() for n, w in full.items()]
             out["max_abs_diff_vs_ddp"] = float(max(diffs))
         if self.peak:
             out["peak_bytes"] = _gather(peak_bytes(lambda: train_step(model, opt, self.batch(a.steps), a.amp),
@@ -804,7 +806,8 @@ def _flat_grads(model: nn.Module) -> list[torch.Tensor]:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="torchrun --nproc_per_node N -m lora_edu.distributed",
                                 description="Data-parallel full fine-tuning and LoRA: bytes, time, memory (JSON).")
-    p.add_argument("--tasks", default="ddp", help="comma list of ddp, compress, timing, fsdp, pitfalls, bandwidth, fsdp1")
+    p.add_argument("--tasks", default="ddp",
+                   help="comma list of ddp, compress, timing, fsdp, pitfalls, bandwidth, fsdp1")
     p.add_argument("--modes", default="full,lora", help="comma list of full, lora")
     p.add_argument("--model", default="tiny", choices=sorted(MODELS))
     p.add_argument("--batch", type=int, default=2, help="sequences per rank and step")

@@ -93,7 +93,8 @@ def test_unused_trainable_slips():
 @pytest.mark.parametrize("check, wrong, message", [
     (check_fsdp1_units, "blocks", "single requires_grad"), (check_fsdp1_units, "whole_model", "gathered whole"),
     (check_fsdp1_units, "per_layer", "not one of the choices"),
-    (check_save_plan, "rank0_gathers_and_writes", "collective"), (check_save_plan, "everyone_gathers_and_writes", "same file"),
+    (check_save_plan, "rank0_gathers_and_writes", "collective"),
+    (check_save_plan, "everyone_gathers_and_writes", "same file"),
     (check_save_plan, "each_writes_its_shard", "wrong shapes"), (check_save_plan, "rank 0", "not one of"),
 ])
 def test_choice_slips(check, wrong, message):
@@ -122,7 +123,8 @@ def test_break_even_bandwidth_slips(wrong, message):
 @pytest.mark.parametrize("wrong, message", [
     (P70 * 2 + T70 * 16, "not sharded"), ((P70 * 2 + T70 * 16) / 8 / 1e9, "in GB"),
     ((P70 * 2 + T70 * 16) / 8 / 2**30, "in GiB"), ((P70 * 4 + T70 * 16) / 8, "float32"),
-    (P70 * 2 / 8, "leaves out the adapters"), (P70 * 2 / 8 + T70 * 16, "shards the weights but not"), (1.0, "not right"),
+    (P70 * 2 / 8, "leaves out the adapters"), (P70 * 2 / 8 + T70 * 16, "shards the weights but not"),
+    (1.0, "not right"),
 ])
 def test_fsdp_lora_memory_slips(wrong, message):
     with pytest.raises(Feedback, match=message):

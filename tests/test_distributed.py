@@ -208,8 +208,8 @@ def test_ddp_gradient_equals_the_single_process_gradient_on_the_whole_batch(job)
         ref = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
         assert ddp_grads.keys() == ref.keys()
         for name, g in ref.items():
-            torch.testing.assert_close(ddp_grads[name], g, rtol=1e-4, atol=1e-6 if result["backend"] == "gloo" else 1e-5,
-                                       msg=name)
+            atol = 1e-6 if result["backend"] == "gloo" else 1e-5
+            torch.testing.assert_close(ddp_grads[name], g, rtol=1e-4, atol=atol, msg=name)
 
 
 def test_unused_adapter_raises_and_the_fixes_work(job):
@@ -306,7 +306,8 @@ def test_recorded_two_gpu_run_backs_the_chapter():
         assert d["buckets_per_step"][-1] == buckets == len(ddp_buckets(model))
         ratio = two["bandwidth"]["schedule"][mode]["measured_s"] / two["bandwidth"]["schedule"][mode]["predicted_s"]
         assert 0.75 < ratio < 1.25  # the acceptance: all-reduce time within 25 % of the model
-    assert round(two["timing"]["full"]["efficiency"], 2) == 0.92 and round(two["timing"]["lora"]["efficiency"], 2) == 0.98
+    efficiency = {mode: round(two["timing"][mode]["efficiency"], 2) for mode in ("full", "lora")}
+    assert efficiency == {"full": 0.92, "lora": 0.98}  # the README and the summary quote these
     assert round(two["bandwidth"]["model_bus_bandwidth"] / 1e9) == 319
     fsdp1 = rec["fsdp1"]["fsdp1"]
     assert "uniform `requires_grad`" in fsdp1["blocks_flat"]["error"]
