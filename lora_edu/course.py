@@ -39,6 +39,10 @@ CHAPTERS: tuple[Chapter, ...] = (
     Chapter("07", "07_lora_on_gpu.ipynb", "LoRA on a GPU",
             "predict and measure memory, explain and reduce LoRA's training overhead", 80,
             "helps: re-measures live on a GPU; recorded H200 results are shown otherwise"),
+    Chapter("08", "08_lora_on_many_gpus.ipynb", "LoRA on several GPUs",
+            "predict and count what DDP and FSDP2 send with LoRA, avoid the unused-adapter and FSDP-unit "
+            "pitfalls, read 2-GPU scaling, size a 70B run", 60,
+            "helps: recorded 2×H200 results shown; runs 2 CPU processes otherwise"),
 )
 
 

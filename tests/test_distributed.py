@@ -1,0 +1,314 @@
+"""lora_edu.distributed: its predictions against independent references, and real multi-process jobs.
+
+The live tests start ``torchrun`` with 2 processes: ``gloo`` on the CPU (every ``make test``, a tiny model,
+seconds) and ``nccl`` on 2 GPUs (``pytest -m gpu``, skipped elsewhere). A failing rank must end the job
+with a clear error, never a hang.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lora_edu.distributed import (DistributedJobError, MODELS, _run_job, build_model, bus_bandwidth, ddp_buckets,
+                                  forward_backward, fsdp_bytes, gradient_bytes, launch, main, make_batch, plan,
+                                  ring_allreduce_seconds, ring_factor, step_time_bounds)
+from lora_edu.lora import count_parameters, load_adapter, merge_lora
+from lora_edu.memory import TransformerShape, lora_parameters
+
+TINY = MODELS["tiny"]
+CAP_MB = 0.1  # a small bucket cap, so that the tiny model's full fine-tuning needs several buckets
+
+
+def meta_model(mode: str, **kw) -> nn.Module:
+    with torch.device("meta"):
+        return build_model(MODELS["gpt2-small"], mode, device="meta", **kw)
+
+
+# --------------------------------------------------------------------------- predictions
+
+
+def test_gpt2_small_bytes_per_step_full_vs_lora():
+    shape = TransformerShape.gpt2_small()  # an independent count, from the shapes alone
+    full, lora = gradient_bytes(meta_model("full")), gradient_bytes(meta_model("lora", r=8))
+    assert full == shape.parameters() * 4 == 497_759_232
+    assert lora == lora_parameters(shape, 8, ("q_proj", "v_proj")) * 4 == 1_179_648
+    assert round(full / lora) == 422
+
+
+def test_gradient_bytes_counts_trainable_entries_once_in_their_dtype():
+    model = nn.Sequential(nn.Linear(4, 6), nn.Linear(6, 4))
+    model[1].weight = nn.Parameter(model[0].weight.detach().T.clone())  # not shared: 2 weights
+    assert gradient_bytes(model) == sum(p.numel() for p in model.parameters()) * 4
+    shared = nn.Sequential(nn.Linear(4, 4, bias=False), nn.Linear(4, 4, bias=False))
+    shared[1].weight = shared[0].weight
+    assert gradient_bytes(shared) == 16 * 4  # a shared (tied) parameter is all-reduced once
+    frozen = nn.Linear(8, 8).to(torch.bfloat16).requires_grad_(False)
+    mixed = nn.ModuleDict({"base": frozen, "adapter": nn.Linear(8, 2)})
+    assert gradient_bytes(mixed) == (8 * 2 + 2) * 4  # bf16 frozen weights add nothing
+    mixed["base"].bias.requires_grad_(True)
+    assert gradient_bytes(mixed) == (8 * 2 + 2) * 4 + 8 * 2
+    with pytest.raises(TypeError, match="model"):
+        gradient_bytes("gpt2")
+
+
+@pytest.mark.parametrize("n", [2, 3, 4, 7])
+def test_ring_factor_matches_a_simulated_ring_allreduce(n):
+    """Simulate the ring (reduce-scatter, then all-gather) chunk by chunk and count what each rank sends."""
+    rng = np.random.default_rng(n)
+    size = 12 * n
+    data = [rng.normal(size=size) for _ in range(n)]
+    chunks = [np.array_split(d.copy(), n) for d in data]
+    sent = [0] * n
+    for phase in ("reduce_scatter", "all_gather"):
+        for step in range(n - 1):
+            msgs = []
+            for rank in range(n):  # in step s, rank i passes chunk (i - s) (reduce) or (i + 1 - s) (gather)
+                c = (rank - step) % n if phase == "reduce_scatter" else (rank + 1 - step) % n
+                msgs.append(((rank + 1) % n, c, chunks[rank][c].copy()))
+                sent[rank] += chunks[rank][c].size
+            for dst, c, payload in msgs:
+                chunks[dst][c] = chunks[dst][c] + payload if phase == "reduce_scatter" else payload
+    total = np.sum(data, axis=0)
+    for rank in range(n):
+        np.testing.assert_allclose(np.concatenate(chunks[rank]), total)
+        assert sent[rank] == pytest.approx(ring_factor(n) * size)
+
+
+def test_ring_time_and_bus_bandwidth():
+    assert ring_allreduce_seconds(497_759_232, 2, 25e9) == pytest.approx(0.0199, abs=1e-4)
+    assert ring_allreduce_seconds(1e9, 8, 1e9) == pytest.approx(1.75)
+    assert ring_allreduce_seconds(1e6, 4, 1e9, latency_s=1e-5, calls=3) == pytest.approx(3e-5 + 1.5e-3)
+    assert ring_allreduce_seconds(1e6, 1, 1e9, latency_s=1.0) == 0.0  # one rank sends nothing
+    t = ring_allreduce_seconds(3e8, 4, 2e11)
+    assert bus_bandwidth(3e8, t, 4) == pytest.approx(2e11)
+    for bad, name in (({"n_bytes": -1}, "n_bytes"), ({"bus_bandwidth": 0}, "bus_bandwidth"),
+                      ({"world_size": 0}, "world_size"), ({"calls": 0}, "calls")):
+        kw = {"n_bytes": 1e6, "world_size": 2, "bus_bandwidth": 1e9, **bad}
+        with pytest.raises(ValueError, match=name):
+            ring_allreduce_seconds(**kw)
+
+
+def test_step_time_bounds():
+    assert step_time_bounds(0.030, 0.002) == pytest.approx((0.030, 0.032))   # hidden behind a 20 ms backward
+    assert step_time_bounds(0.030, 0.050) == pytest.approx((0.060, 0.080))   # 30 ms of it cannot hide
+    assert step_time_bounds(0.030, 0.0) == (0.030, 0.030)
+    with pytest.raises(ValueError, match="compute_s"):
+        step_time_bounds(0, 1)
+    with pytest.raises(ValueError, match="backward_fraction"):
+        step_time_bounds(1, 1, backward_fraction=1.5)
+
+
+def test_ddp_buckets_match_pytorchs_own_bucket_assignment():
+    import torch.distributed as dist
+
+    if not hasattr(dist, "_compute_bucket_assignment_by_size"):
+        pytest.skip("this torch has no dist._compute_bucket_assignment_by_size")
+    model = build_model(TINY, "full")
+    params = [p for p in model.parameters() if p.requires_grad][::-1]
+    for cap, limits in ((None, [2**20, 25 * 2**20]), (CAP_MB, [int(CAP_MB * 2**20)])):
+        groups, _ = dist._compute_bucket_assignment_by_size(params, limits, [False] * len(params))
+        ours = ddp_buckets(model, cap)
+        assert sorted(ours) == sorted(sum(params[i].numel() * 4 for i in g) for g in groups)
+    assert len(ddp_buckets(meta_model("full"))) == 13  # GPT-2 small: 13 buckets, not 498 MB / 25 MB ≈ 20
+    assert len(ddp_buckets(meta_model("lora", r=8))) == 2
+    with pytest.raises(ValueError, match="bucket_cap_mb"):
+        ddp_buckets(model, 0)
+
+
+def test_fsdp_bytes_counts_blocks_twice_and_pads_to_the_world_size():
+    model = build_model(TINY, "lora", r=4)
+    total = sum(p.numel() * 4 for p in model.parameters())
+    blocks = sum(p.numel() * 4 for p in model.blocks.parameters())
+    got = fsdp_bytes(model, 2)
+    assert got == {"all_gather": total + blocks, "reduce_scatter": gradient_bytes(model)}
+    assert fsdp_bytes(model, 2, units="root")["all_gather"] == total
+    odd = nn.Linear(4, 5)  # 5 rows over 2 ranks: padded to 6
+    assert fsdp_bytes(odd, 2)["all_gather"] == (6 * 4 + 6) * 4
+    with pytest.raises(ValueError, match="units"):
+        fsdp_bytes(model, 2, units="layers")
+
+
+def test_plan_by_hand():
+    p, t = 7_000_000_000, 4_000_000
+    ddp = plan(p, t, 8, "ddp")
+    assert ddp["memory"] == p * 2 + t * 16 and ddp["traffic"] == pytest.approx(2 * 7 / 8 * t * 4)
+    fsdp = plan(p, t, 8, "fsdp")
+    assert fsdp["memory"] == pytest.approx((p * 2 + t * 16) / 8)
+    assert fsdp["traffic"] == pytest.approx(7 / 8 * (2 * p * 2 + t * 4))
+    full = plan(p, p, 64, "fsdp")
+    assert full["memory"] == pytest.approx(p * 18 / 64)
+    with pytest.raises(ValueError, match="n_trainable"):
+        plan(10, 11, 2, "ddp")
+    with pytest.raises(ValueError, match="strategy"):
+        plan(10, 1, 2, "zero3")
+
+
+def test_batches_are_per_rank_and_reproducible():
+    a, b = make_batch(TINY, 2, 8, rank=0), make_batch(TINY, 2, 8, rank=1)
+    assert a.shape == (2, 9) and not torch.equal(a, b) and torch.equal(a, make_batch(TINY, 2, 8, rank=0))
+    with pytest.raises(ValueError, match="seq"):
+        make_batch(TINY, 2, TINY.max_seq_len + 1)
+
+
+def test_module_says_to_use_torchrun(monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+    with pytest.raises(RuntimeError, match="torchrun"):
+        main([])
+
+
+# --------------------------------------------------------------------------- a real 2-process job
+
+
+BACKENDS = [pytest.param("gloo", id="gloo"),
+            pytest.param("nccl", id="nccl", marks=[pytest.mark.gpu, pytest.mark.skipif(
+                torch.cuda.device_count() < 2, reason="NCCL needs 2 GPUs")])]
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def job(request, tmp_path_factory):
+    backend = request.param
+    tensors = tmp_path_factory.mktemp(f"job_{backend}")
+    env = {"LORA_EDU_DEVICE": "cuda" if backend == "nccl" else "cpu"}
+    result = launch(["--backend", backend, "--model", "tiny", "--tasks", "ddp,compress,fsdp,pitfalls",
+                     "--lora-r", "4", "--bucket-cap-mb", str(CAP_MB), "--peak", "on", "--tensors", str(tensors)],
+                    nproc=2, timeout=300, env=env)
+    return result, tensors
+
+
+def test_hook_counts_exactly_the_predicted_bytes(job):
+    result, _ = job
+    assert result["world_size"] == 2
+    for mode in ("full", "lora"):
+        model = build_model(TINY, mode, r=4)
+        rec = result["ddp"][mode]
+        assert rec["bytes_per_step"] == [gradient_bytes(model)] * len(rec["bytes_per_step"])
+        assert rec["bucket_bytes"] == ddp_buckets(model, CAP_MB)  # DDP's layout after its first step
+        assert rec["broadcast_bytes"] == count_parameters(model)[1] * 4  # frozen weights too, once
+    assert result["ddp"]["full"]["buckets_per_step"][-1] > 1 == result["ddp"]["lora"]["buckets_per_step"][-1]
+    assert result["compress"]["bytes_per_step"] * 2 == result["ddp"]["full"]["predicted_bytes"]
+
+
+def test_ddp_gradient_equals_the_single_process_gradient_on_the_whole_batch(job):
+    from safetensors.torch import load_file
+
+    result, tensors = job
+    s = result["settings"]
+    for mode in ("full", "lora"):
+        ddp_grads = load_file(str(tensors / f"ddp_{mode}_grads.safetensors"))
+        model = build_model(TINY, mode, r=4)
+        whole = torch.cat([make_batch(TINY, s["batch"], s["seq"], rank=r, step=0) for r in range(2)])
+        forward_backward(model, whole)
+        ref = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
+        assert ddp_grads.keys() == ref.keys()
+        for name, g in ref.items():
+            atol = 1e-6 if result["backend"] == "gloo" else 1e-5
+            torch.testing.assert_close(ddp_grads[name], g, rtol=1e-4, atol=atol, msg=name)
+
+
+def test_unused_adapter_raises_and_the_fixes_work(job):
+    pit = job[0]["pitfalls"]
+    assert pit["unused"] == ["aux_head.lora_A", "aux_head.lora_B"]
+    assert not pit["default"]["ok"] and pit["default"]["step"] == 1
+    assert "Expected to have finished reduction in the prior iteration" in pit["default"]["error"]
+    for fix in ("find_unused_parameters", "static_graph", "frozen"):
+        assert pit[fix]["ok"] and pit[fix]["bytes_per_step"] == pit[fix]["predicted_bytes"]
+    assert pit["frozen"]["bytes_per_step"] < pit["static_graph"]["bytes_per_step"]  # the unused adapter sent zeros
+
+
+def test_fsdp2_matches_ddp_and_moves_the_predicted_bytes(job):
+    result, _ = job
+    for mode in ("full", "lora"):
+        rec, model = result["fsdp"][mode], build_model(TINY, mode, r=4)
+        assert rec["max_abs_diff_vs_ddp"] < 1e-5
+        assert rec["all_gather_bytes"] == fsdp_bytes(model, 2)["all_gather"]
+        assert rec["reduce_scatter_bytes"] == gradient_bytes(model)
+        assert rec["gradient_entries_per_rank"] == [count_parameters(model)[0] // 2] * 2
+    root = result["fsdp"]["lora_root_unit"]
+    assert root["largest_gather_bytes"] == count_parameters(build_model(TINY, "lora", r=4))[1] * 4
+    for rec in (result["ddp"]["full"], result["fsdp"]["full"]):  # each rank's peak holds at least its state
+        for peak, held in zip(rec["peak_bytes"], rec["state_bytes"]):
+            assert peak >= held["weights"] + held["optimizer"]
+
+
+def test_adapter_saved_by_rank_0_loads_into_a_single_process(job):
+    from safetensors.torch import load_file
+
+    _, tensors = job
+    probe = load_file(str(tensors / "ddp_lora_probe.safetensors"))
+    model = build_model(TINY, "lora", r=4)
+    load_adapter(model, tensors / "adapter.safetensors")
+    tokens = probe["tokens"].long()
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens), probe["logits"], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(merge_lora(model)(tokens), probe["logits"], rtol=1e-4, atol=1e-5)
+
+
+# --------------------------------------------------------------------------- failures end the job, clearly
+
+
+def _leftovers() -> list[str]:
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return []
+    found = []
+    for p in proc.iterdir():
+        try:
+            cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ValueError):
+            continue
+        if "lora_edu.distributed" in cmd and "--fail-how" in cmd:
+            found.append(f"{p.name}: {cmd}")
+    return found
+
+
+@pytest.mark.parametrize("how, expected", [
+    ("raise", r"rank 1 failed with ValueError: planted failure on rank 1"),
+    ("kill", r"rank 1 was killed by signal SIGKILL"),
+    ("hang", r"rank 0 failed with .*(Timed out|timed out)"),
+])
+def test_a_failing_rank_ends_the_job_with_a_clear_error(how, expected):
+    with pytest.raises(DistributedJobError, match=expected) as info:
+        launch(["--fail-rank", "1", "--fail-how", how, "--timeout", "3"], nproc=2, timeout=120)
+    assert "did not finish" not in str(info.value)  # torchrun ended it, not our backstop
+    deadline = time.monotonic() + 10
+    while _leftovers() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _leftovers() == []
+
+
+def test_the_launcher_stops_a_job_that_runs_past_its_timeout(tmp_path):
+    cmd = [sys.executable, "-c", "import time; time.sleep(120)"]
+    with pytest.raises(DistributedJobError, match="did not finish within 1 s"):
+        _run_job(cmd, tmp_path, timeout=1, env=dict(os.environ))
+
+
+# --------------------------------------------------------------------------- the recorded 2 x H200 run
+
+
+def test_recorded_two_gpu_run_backs_the_chapter():
+    """What chapter 08 and the README say about benchmarks/results/distributed_nvidia-h200x2.json."""
+    from lora_edu.results import load_result
+
+    rec = load_result("distributed_nvidia-h200x2.json")
+    two = rec["two_gpus"]
+    assert rec["environment"]["NCCL_NVLS_ENABLE"] == "0" and "NV18" in rec["topology"]
+    assert rec["gpu_tests"]["passed"] >= 5 and rec["gpu_tests"]["failed"] == 0 and rec["script_status"] == 0
+    for mode, buckets in (("full", 13), ("lora", 2)):
+        d, model = two["ddp"][mode], meta_model(mode, r=8)
+        assert set(d["bytes_per_step"]) == {gradient_bytes(model)}
+        assert d["buckets_per_step"][-1] == buckets == len(ddp_buckets(model))
+        ratio = two["bandwidth"]["schedule"][mode]["measured_s"] / two["bandwidth"]["schedule"][mode]["predicted_s"]
+        assert 0.75 < ratio < 1.25  # the issue's acceptance: all-reduce time within 25 % of the model
+    efficiency = {mode: round(two["timing"][mode]["efficiency"], 2) for mode in ("full", "lora")}
+    assert efficiency == {"full": 0.92, "lora": 0.98}  # the README and the summary quote these
+    assert round(two["bandwidth"]["model_bus_bandwidth"] / 1e9) == 319
+    fsdp1 = rec["fsdp1"]["fsdp1"]
+    assert "uniform `requires_grad`" in fsdp1["blocks_flat"]["error"]
+    assert fsdp1["uniform_units"]["gradient_bytes_per_rank"] == gradient_bytes(meta_model("lora", r=8)) // 2
