@@ -9,8 +9,18 @@ batch ``x`` of shape ``(..., in_features)``::
     base.weight  W0      (out_features, in_features)   frozen
     lora_A       A       (r, in_features)              trainable
     lora_B       B       (out_features, r)             trainable, zero at the start
-    scaling              alpha / r   (alpha / sqrt(r) with rank_stabilized=True, rsLoRA)
+    scaling              alpha / r   (alpha / sqrt(r) with rank_stabilized=True, rsLoRA); read-only,
+                         derived from alpha, r and rank_stabilized whenever it is read
     delta_weight()  ΔW = scaling * B @ A               (out_features, in_features), rank <= r
+
+The paper writes ``ΔW = B A`` and scales ``ΔW x`` by ``α/r``; here (as in PEFT's ``get_delta_weight``)
+``delta_weight()`` includes the scaling.
+
+Adapter dtype (PEFT's default, ``autocast_adapter_dtype=True``): on a float16/bfloat16 base the adapters
+are float32 (a bfloat16 number has 8 bits of mantissa, so an Adam step of 1e-4 on an entry of size 0.05
+would round away); otherwise they take the base's dtype. ``adapter_dtype=`` overrides the rule. The
+LoRA branch casts its input to the adapters' dtype and its sum with the base output back to the base
+output's dtype, as PEFT does, so a bfloat16 input works with float32 adapters.
 
 - :class:`LoRALinear` — wraps one ``nn.Linear``; ``merge()`` folds ΔW into the frozen weight (one
   matmul at inference), ``unmerge()`` takes it out again.
@@ -19,7 +29,9 @@ batch ``x`` of shape ``(..., in_features)``::
 - :func:`count_parameters` — ``(trainable, total)``.
 - :func:`lora_state_dict`, :func:`load_lora_state_dict` — the adapter tensors only (kilobytes, not the
   model's megabytes); :func:`save_adapter`, :func:`load_adapter` — the same as a ``.safetensors`` file
-  (no pickle) whose metadata records r, alpha, rsLoRA and the init of every layer.
+  (no pickle) whose metadata records r, alpha, rsLoRA, the scaling and the init of every layer. Only
+  ``lora_A`` and ``lora_B`` are saved: a head you unfroze and trained next to LoRA (PEFT's
+  ``modules_to_save``) is not in the file — save its ``state_dict()`` yourself.
 
 Example::
 
@@ -38,6 +50,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import warnings
 from pathlib import Path
 from typing import Iterable
 
@@ -108,9 +121,22 @@ def _check_base(base: object) -> nn.Linear:
     return base
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float32 for half precision (merges are summed there), the dtype itself otherwise (float64)."""
-    return torch.promote_types(dtype, torch.float32)
+def _check_adapter_dtype(adapter_dtype: object, base_dtype: torch.dtype) -> torch.dtype:
+    """None: float32 on a float16/bfloat16 base (PEFT's autocast_adapter_dtype), else the base's dtype."""
+    if adapter_dtype is None:
+        return torch.float32 if base_dtype in (torch.float16, torch.bfloat16) else base_dtype
+    if not isinstance(adapter_dtype, torch.dtype) or not adapter_dtype.is_floating_point:
+        raise TypeError(f"adapter_dtype must be a floating-point torch.dtype such as torch.float32, or None (float32 "
+                        f"on a float16/bfloat16 base, else the base's dtype), not {adapter_dtype!r}.")
+    return adapter_dtype
+
+
+def _compute_dtype(*dtypes: torch.dtype) -> torch.dtype:
+    """float32 for half precision (merges are summed there), the widest dtype otherwise (float64)."""
+    out = torch.float32
+    for dtype in dtypes:
+        out = torch.promote_types(out, dtype)
+    return out
 
 
 # --------------------------------------------------------------------------- the layer
@@ -135,12 +161,16 @@ class LoRALinear(nn.Module):
             * ``"gaussian"`` (the paper's wording, section 4.1): A normal with std ``1/r``; ``B = 0``.
               We use PEFT's std ``1/r`` (the seed blog post uses ``1/sqrt(r)``) so that this option
               and PEFT's ``init_lora_weights="gaussian"`` start from the same distribution and results
-              can be compared. With ``B = 0`` the std of A never changes the starting function; it
-              only sets how large B's first gradients are.
+              can be compared. With ``B = 0`` the scale of A never changes the starting function. What it
+              sets is how much each step of B changes the output (``ΔW = scaling · ΔB · A``): with Adam,
+              whose first step moves every entry of B by about the learning rate whatever the gradient's
+              size, A's scale acts as a factor on the effective learning rate (chapter 05, section 4).
             * ``"pissa"`` (Meng et al., 2024): ``B A`` holds the top-r singular triplets of W0
               (``scaling * B @ A = U_r diag(S_r) Vh_r``, the root of each singular value split
-              between B and A) and that part is *subtracted* from the frozen weight, so the output
-              is unchanged at the start while training moves W's principal directions.
+              between B and A) and that part is *subtracted* from the frozen weight — in place, in the
+              ``base`` you pass (as PEFT does) — so the output is unchanged at the start (in eval mode or
+              without dropout) while training moves W's principal directions. Such an adapter means
+              nothing without that residual base.
 
             With ``B = 0`` (kaiming, gaussian) the wrapped layer equals the base exactly at the start.
         rank_stabilized: scale by ``alpha / sqrt(r)`` (rsLoRA, Kalajdzievski 2023) instead of
@@ -156,38 +186,97 @@ class LoRALinear(nn.Module):
 
             Both give the same outputs and gradients (float32: within 1e-5; bfloat16: within 1e-2).
             The attribute ``impl`` can be changed at any time.
+        adapter_dtype: the dtype of ``lora_A`` and ``lora_B``. ``None`` (default) follows PEFT's
+            ``autocast_adapter_dtype=True``: float32 when the base weight is float16 or bfloat16 (small
+            optimizer steps survive there), else the base weight's own dtype. An explicit floating dtype
+            is honoured. The reference forward casts the LoRA branch's input to this dtype and the result
+            back to the base output's dtype.
 
-    Attributes: ``base``, ``r``, ``alpha``, ``scaling``, ``rank_stabilized``, ``init``,
-    ``lora_A (r, in_features)``, ``lora_B (out_features, r)`` (``nn.Parameter``s on the base's device
-    and dtype), ``lora_dropout``, ``merged``.
+    Attributes: ``base``, ``r``, ``alpha`` and ``rank_stabilized`` (settable while unmerged),
+    ``scaling`` (read-only: ``alpha / r`` or ``alpha / sqrt(r)``, always in step with them), ``init``,
+    ``lora_A (r, in_features)``, ``lora_B (out_features, r)`` (``nn.Parameter``s on the base's device),
+    ``lora_dropout``, ``merged``; ``weight`` and ``bias`` forward to the base layer's (as PEFT's layers do).
+
+    Merging: :meth:`merge` records the A, B and scaling it added, and :meth:`unmerge` subtracts exactly
+    those, so the weight comes back to W0 (up to one rounding per step) even if A, B or alpha changed in
+    between. ``merged`` is not part of ``state_dict()`` (PEFT's isn't either): a state dict saved from a
+    merged layer holds ``W0 + ΔW`` in ``base.weight``, so load it into a merged layer (or a plain model
+    after :func:`merge_lora`), never into an unmerged one, which would add ΔW a second time.
 
     Raises:
-        TypeError / ValueError: base is not an ``nn.Linear``; r, alpha, dropout or init out of range.
+        TypeError / ValueError: base is not an ``nn.Linear``; r, alpha, dropout, init or adapter_dtype out
+        of range; in ``forward``, an input whose last dimension, device or dtype does not fit the layer.
     """
 
     def __init__(self, base: nn.Linear, r: int, alpha: float | None = None, dropout: float = 0.0,
-                 init: str = "kaiming", rank_stabilized: bool = False, impl: str = "auto") -> None:
+                 init: str = "kaiming", rank_stabilized: bool = False, impl: str = "auto",
+                 adapter_dtype: torch.dtype | None = None) -> None:
         super().__init__()
         base = _check_base(base)
         self.r = _check_rank(r, base.in_features, base.out_features)
-        self.alpha = _check_alpha(alpha, self.r)
+        self.merged = False
+        self.alpha = alpha                  # validated by the property below (None -> r)
         self.init = _check_init(init)
-        if not isinstance(rank_stabilized, bool):
-            raise TypeError(f"rank_stabilized must be True or False, not {rank_stabilized!r}.")
         self.rank_stabilized = rank_stabilized
-        self.scaling = self.alpha / (math.sqrt(self.r) if rank_stabilized else self.r)
         p = _check_dropout(dropout)
+        W = base.weight
+        dtype = _check_adapter_dtype(adapter_dtype, W.dtype)
 
         self.base = base
         for param in base.parameters():
             param.requires_grad_(False)
         self.lora_dropout = nn.Dropout(p) if p > 0 else nn.Identity()
-        W = base.weight
-        self.lora_A = nn.Parameter(torch.empty(self.r, base.in_features, device=W.device, dtype=W.dtype))
-        self.lora_B = nn.Parameter(torch.empty(base.out_features, self.r, device=W.device, dtype=W.dtype))
-        self.merged = False
+        self.lora_A = nn.Parameter(torch.empty(self.r, base.in_features, device=W.device, dtype=dtype))
+        self.lora_B = nn.Parameter(torch.empty(base.out_features, self.r, device=W.device, dtype=dtype))
+        # what merge() added (A, B, scaling), so that unmerge() subtracts exactly that
+        self.register_buffer("_merged_A", None, persistent=False)
+        self.register_buffer("_merged_B", None, persistent=False)
+        self._merged_scaling: float | None = None
         self.impl = impl
         self._init_adapter()
+
+    # ----------------------------------------------------------------- the scaling and what it depends on
+
+    @property
+    def alpha(self) -> float:
+        """LoRA's α. Setting it (``None`` means ``r``) changes :attr:`scaling`; not allowed while merged."""
+        return self._alpha
+
+    @alpha.setter
+    def alpha(self, value: float | None) -> None:
+        self._refuse_while_merged("alpha")
+        self._alpha = _check_alpha(value, self.r)
+
+    @property
+    def rank_stabilized(self) -> bool:
+        """True for rsLoRA's ``alpha / sqrt(r)``; settable like :attr:`alpha` (not while merged)."""
+        return self._rank_stabilized
+
+    @rank_stabilized.setter
+    def rank_stabilized(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise TypeError(f"rank_stabilized must be True or False, not {value!r}.")
+        self._refuse_while_merged("rank_stabilized")
+        self._rank_stabilized = value
+
+    @property
+    def scaling(self) -> float:
+        """``alpha / r`` (``alpha / sqrt(r)`` with ``rank_stabilized``): derived, so it can never go stale."""
+        return self._alpha / (math.sqrt(self.r) if self._rank_stabilized else self.r)
+
+    @scaling.setter
+    def scaling(self, value: object) -> None:
+        raise AttributeError(f"scaling is read-only: it is alpha / r{' (alpha / sqrt(r) with rsLoRA)' if self.rank_stabilized else ''}"
+                             f" = {self.scaling:g}, derived from alpha, r and rank_stabilized. To try a factor s, set "
+                             f"layer.alpha = s * {'math.sqrt(r)' if self.rank_stabilized else 'r'} (or build the layer "
+                             "with that alpha), so that what merge() and save_adapter() use stays consistent.")
+
+    def _refuse_while_merged(self, name: str) -> None:
+        if getattr(self, "merged", False):
+            raise ValueError(f"cannot change {name} while the layer is merged: its weight holds W0 + ΔW computed with "
+                             f"the old scaling, and the merged forward would not follow. Call unmerge() first.")
+
+    # ----------------------------------------------------------------- forwarding, as PEFT's layers do
 
     @property
     def in_features(self) -> int:
@@ -196,6 +285,35 @@ class LoRALinear(nn.Module):
     @property
     def out_features(self) -> int:
         return self.base.out_features
+
+    @property
+    def weight(self) -> Tensor:
+        """The base layer's weight ``(out_features, in_features)``: W0, or ``W0 + ΔW`` while merged."""
+        return self.base.weight
+
+    @property
+    def bias(self) -> Tensor | None:
+        """The base layer's bias ``(out_features,)`` or ``None``."""
+        return self.base.bias
+
+    # ----------------------------------------------------------------- initialisation
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Draw ``lora_A`` again and set ``lora_B = 0``, as at construction (``init`` "kaiming" or "gaussian").
+
+        PyTorch's hook after ``module.to_empty(device=...)``: a layer built on the ``meta`` device has no
+        values, and ``to_empty`` gives it uninitialised memory. Only the adapter is reset (the base layer
+        has its own ``reset_parameters``). Raises ``ValueError`` while merged (the weight would keep the old
+        ΔW) and for ``init="pissa"``, whose start depends on W0's values: build that layer on real weights.
+        """
+        if self.merged:
+            raise ValueError("reset_parameters() on a merged layer would leave the old ΔW inside the weight: "
+                             "call unmerge() first.")
+        if self.init == "pissa":
+            raise ValueError("init='pissa' cannot be reset: its A and B come from the SVD of W0, which was already "
+                             "subtracted from base.weight. Build a new LoRALinear on the original weights instead.")
+        self._init_adapter()
 
     @torch.no_grad()
     def _init_adapter(self) -> None:
@@ -212,18 +330,20 @@ class LoRALinear(nn.Module):
             if W.device.type == "meta":
                 raise ValueError("init='pissa' needs the base weight's values (an SVD of W); this base is "
                                  "on the meta device. Load real weights first, or use init='kaiming'.")
-            work = W.to(_compute_dtype(W.dtype))
+            work = W.to(_compute_dtype(W.dtype, self.lora_A.dtype))
             U, S, Vh = truncated_svd(work, self.r)              # U (out, r), S (r,), Vh (r, in)
             root = torch.sqrt(S / self.scaling)                 # so that scaling * B @ A = U diag(S) Vh
             B, A = U * root, root[:, None] * Vh
             W.copy_((work - self.scaling * (B @ A)).to(W.dtype))  # the frozen residual W0 - U_r S_r Vh_r
-            self.lora_A.copy_(A.to(W.dtype))
-            self.lora_B.copy_(B.to(W.dtype))
+            self.lora_A.copy_(A.to(self.lora_A.dtype))
+            self.lora_B.copy_(B.to(self.lora_B.dtype))
+
+    # ----------------------------------------------------------------- ΔW, merging
 
     def delta_weight(self) -> Tensor:
-        """``ΔW = scaling * lora_B @ lora_A``, shape ``(out_features, in_features)``, in the weight's dtype.
+        """``ΔW = scaling * lora_B @ lora_A``, shape ``(out_features, in_features)``, in the adapters' dtype.
 
-        Computed in float32 for half-precision layers. Differentiable (use ``torch.no_grad()`` to look).
+        Computed in float32 for half-precision adapters. Differentiable (use ``torch.no_grad()`` to look).
         """
         work = _compute_dtype(self.lora_A.dtype)
         return (self.scaling * (self.lora_B.to(work) @ self.lora_A.to(work))).to(self.lora_A.dtype)
@@ -232,32 +352,42 @@ class LoRALinear(nn.Module):
     def merge(self) -> None:
         """Add ΔW into the frozen weight: afterwards ``forward`` is a single ``nn.Linear`` matmul.
 
-        Half-precision weights are summed in float32 and rounded once. Raises ``ValueError`` when the
-        layer is already merged (merging twice would add ΔW twice): never a silent double merge.
+        The sum is formed in float32 (or float64) and rounded once to the weight's dtype. The A, B and
+        scaling used are recorded for :meth:`unmerge`. Raises ``ValueError`` when the layer is already
+        merged (merging twice would add ΔW twice): never a silent double merge.
         """
         if self.merged:
             raise ValueError("this LoRALinear is already merged: its weight already holds W0 + ΔW, and "
                                "merging again would add ΔW twice. Call unmerge() first (or check .merged).")
+        self._merged_A, self._merged_B = self.lora_A.detach().clone(), self.lora_B.detach().clone()
+        self._merged_scaling = self.scaling
         self._add_to_weight(+1.0)
         self.merged = True
 
     @torch.no_grad()
     def unmerge(self) -> None:
-        """Subtract ΔW from the weight again, restoring W0 (to rounding: ~1e-7 relative in float32).
+        """Subtract what :meth:`merge` added, restoring W0 up to rounding.
 
-        Raises ``ValueError`` when the layer is not merged.
+        In float32 an entry changes by at most an ulp or so (relative change of W about 1e-7); in
+        bfloat16 some entries are off by one bfloat16 ulp, and repeated cycles do not add up further
+        (chapter 05 counts them). Raises ``ValueError`` when the layer is not merged.
         """
         if not self.merged:
             raise ValueError("this LoRALinear is not merged, so there is nothing to unmerge: its weight is "
                                "still W0. Call merge() first (or check .merged).")
         self._add_to_weight(-1.0)
+        self._merged_A = self._merged_B = None
+        self._merged_scaling = None
         self.merged = False
 
     def _add_to_weight(self, sign: float) -> None:
-        W = self.base.weight
-        work = _compute_dtype(W.dtype)
-        delta = self.scaling * (self.lora_B.to(work) @ self.lora_A.to(work))
+        """``W += sign * scaling * B @ A`` with the recorded A, B and scaling, summed in float32 or wider."""
+        W, A, B = self.base.weight, self._merged_A, self._merged_B
+        work = _compute_dtype(W.dtype, A.dtype)
+        delta = self._merged_scaling * (B.to(work) @ A.to(work))
         W.copy_((W.to(work) + sign * delta).to(W.dtype))
+
+    # ----------------------------------------------------------------- forward
 
     @property
     def impl(self) -> str:
@@ -269,21 +399,40 @@ class LoRALinear(nn.Module):
             raise ValueError(f"impl must be one of {', '.join(map(repr, IMPLS))}, got {value!r}.")
         self._impl = value
 
+    def _check_input(self, x: object) -> None:
+        """A clear error instead of torch's for an input that cannot go through the base layer."""
+        if not isinstance(x, Tensor):
+            raise TypeError(f"x must be a torch.Tensor of shape (..., {self.in_features}), not {type(x).__name__}.")
+        if x.dim() == 0 or x.shape[-1] != self.in_features:
+            raise ValueError(f"x has shape {tuple(x.shape)}, but this layer takes inputs of shape (..., "
+                             f"{self.in_features}) (in_features = {self.in_features}).")
+        W = self.base.weight
+        if x.device != W.device:
+            raise ValueError(f"x is on {x.device} but the layer's weights are on {W.device}: move one of them "
+                             f"(x.to('{W.device}') or layer.to('{x.device}')).")
+        if x.dtype != W.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(f"x is {x.dtype} but the base layer's weight is {W.dtype}: cast the input "
+                            f"(x.to({W.dtype})) or the layer, or run under torch.autocast.")
+
     def forward(self, x: Tensor) -> Tensor:
         """``x (..., in_features) -> (..., out_features)``; the readable (reference) computation is below."""
+        self._check_input(x)
         if self.merged:                       # the weight already holds W0 + ΔW
             return self.base(x)
         if self._impl == "fused" or (self._impl == "auto" and use_fused(x, self.base.weight, self.r)):  # chapter 07
             drop = None if isinstance(self.lora_dropout, nn.Identity) else self.lora_dropout(x)
             return lora_linear(x, self.base.weight, self.base.bias, self.lora_A, self.lora_B, self.scaling,
                                None if drop is x else drop)   # (dropout in eval mode returns x itself)
-        update = self.lora_dropout(x) @ self.lora_A.T @ self.lora_B.T
-        return self.base(x) + self.scaling * update
+        # PEFT's order: the branch in the adapters' dtype, the sum rounded once to the base output's dtype
+        result = self.base(x)
+        return (result + self.scaling * (self.lora_dropout(x.to(self.lora_A.dtype)) @ self.lora_A.T @ self.lora_B.T)
+                ).to(result.dtype)
 
     def extra_repr(self) -> str:
         rs = ", rank_stabilized=True" if self.rank_stabilized else ""
+        dt = f", adapter_dtype={self.lora_A.dtype}" if self.lora_A.dtype != self.base.weight.dtype else ""
         return (f"r={self.r}, alpha={self.alpha:g}, scaling={self.scaling:.4g}{rs}, init={self.init!r}, "
-                f"merged={self.merged}, impl={self._impl!r}")
+                f"merged={self.merged}, impl={self._impl!r}{dt}")
 
 
 # --------------------------------------------------------------------------- whole models
@@ -325,24 +474,32 @@ def apply_lora(model: nn.Module, target_modules: str | Iterable[str], r: int, al
         target_modules: one name or a list of names. A module matches a name when its full dotted name
             equals it or ends with ``"." + name`` — so ``["q", "v"]`` matches ``blocks.0.attn.q``,
             ``blocks.1.attn.v``, ... (PEFT's rule for a list; regular expressions are not supported).
-        r, alpha, **kwargs: passed to :class:`LoRALinear` (``dropout``, ``init``, ``rank_stabilized``).
+        r, alpha, **kwargs: passed to :class:`LoRALinear` (``dropout``, ``init``, ``rank_stabilized``,
+            ``impl``, ``adapter_dtype``).
 
-    Every parameter of the model is frozen except the new ``lora_A`` and ``lora_B`` (unfreeze a head
-    yourself afterwards if you want to train it). Returns the replaced modules' names, in model order.
+    Every parameter of the model is frozen except the new ``lora_A`` and ``lora_B``. To train a head next to
+    LoRA (PEFT's ``modules_to_save``), unfreeze it yourself afterwards — and save it yourself too:
+    :func:`save_adapter` writes only ``lora_A`` and ``lora_B`` (it warns when other parameters are trainable).
+    Only ``nn.Linear`` layers are wrapped: Hugging Face's GPT-2 stores its projections in ``Conv1D`` modules
+    (weight ``(in, out)``; PEFT's ``fan_in_fan_out=True``), which raise a ``TypeError`` here.
+    Returns the replaced modules' names, in model order.
 
     Raises:
         ValueError: a name matches no module (the message lists the ``nn.Linear`` modules there are),
-            or a matching module already has LoRA.
+            or a matching module (or ``model`` itself) already has LoRA.
         TypeError: a name matches a module that is not an ``nn.Linear``.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, not {type(model).__name__}.")
+    if isinstance(model, LoRALinear):
+        raise ValueError("model is itself a LoRALinear, so it already has LoRA: apply_lora would nest a second "
+                         "adapter inside it. Pass the model that contains it, or merge_lora() it first.")
     patterns = [target_modules] if isinstance(target_modules, str) else list(target_modules)
     if not patterns or not all(isinstance(p, str) and p for p in patterns):
         raise ValueError(f"target_modules must be a module name or a non-empty list of names such as "
                          f"['q', 'v'], got {target_modules!r}.")
     modules = dict(model.named_modules())
-    lora_inside = {f"{n}.{child}" for n in _lora_layers(model) for child in ("base", "lora_dropout")}
+    lora_inside = {f"{n}.{child}" if n else child for n in _lora_layers(model) for child in ("base", "lora_dropout")}
     chosen: set[str] = set()
     for pattern in patterns:
         hits = [n for n in modules if n and n not in lora_inside and _matches(n, pattern)]
@@ -451,15 +608,26 @@ def load_lora_state_dict(model: nn.Module, state: dict[str, Tensor]) -> None:
 
 
 def _layer_config(layer: LoRALinear) -> dict:
-    return {"r": layer.r, "alpha": layer.alpha, "rank_stabilized": layer.rank_stabilized, "init": layer.init}
+    return {"r": layer.r, "alpha": layer.alpha, "rank_stabilized": layer.rank_stabilized, "init": layer.init,
+            "scaling": layer.scaling}
 
 
 def save_adapter(model: nn.Module, path: str | Path) -> None:
     """Write :func:`lora_state_dict` to a ``.safetensors`` file (no pickle), with each layer's r, alpha,
-    rsLoRA flag and init in the file's metadata (``"lora_edu"``, a JSON string)."""
+    rsLoRA flag, init and the scaling it used in the file's metadata (``"lora_edu"``, a JSON string).
+
+    Only ``lora_A`` and ``lora_B`` are written. A ``UserWarning`` names any other trainable parameter
+    (a head you unfroze, PEFT's ``modules_to_save``): it would be lost, so save it separately.
+    """
     from safetensors.torch import save_file
 
     state = {k: v.detach().to("cpu").contiguous() for k, v in lora_state_dict(model).items()}
+    adapter = {id(p) for layer in _lora_layers(model).values() for p in (layer.lora_A, layer.lora_B)}
+    others = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in adapter]
+    if others:
+        warnings.warn(f"save_adapter writes lora_A and lora_B only; these trainable parameters are not saved: "
+                      f"{_short_list(others, 6)}. Save them yourself, e.g. torch.save(model.head.state_dict(), ...).",
+                      UserWarning, stacklevel=2)
     config = {name: _layer_config(layer) for name, layer in _lora_layers(model).items()}
     save_file(state, str(path), metadata={"format": _FORMAT, "lora_edu": json.dumps(config, sort_keys=True)})
 
@@ -467,8 +635,9 @@ def save_adapter(model: nn.Module, path: str | Path) -> None:
 def load_adapter(model: nn.Module, path: str | Path) -> None:
     """Load an adapter written by :func:`save_adapter` into a model with the same LoRA layers, in place.
 
-    Checks the file's metadata first: every layer's r, alpha and rank_stabilized must match the model's
-    (otherwise the same tensors would mean a different ΔW), and an adapter trained from ``init="pissa"``
+    Checks the file's metadata first: every layer's r, alpha, rank_stabilized and scaling must match the
+    model's (otherwise the same tensors would mean a different ΔW; files without a recorded scaling get
+    the one their alpha, r and rsLoRA flag imply), and an adapter trained from ``init="pissa"``
     needs a model built with ``init="pissa"`` too, because its frozen weights are the PiSSA residual
     ``W0 - U_r S_r Vh_r`` (kaiming and gaussian differ only in where A started, so they are
     interchangeable once A is loaded). Raises ``ValueError`` on any mismatch.
@@ -488,8 +657,9 @@ def load_adapter(model: nn.Module, path: str | Path) -> None:
         if cfg is None:
             continue  # reported as a missing key by load_lora_state_dict
         ours = _layer_config(layer)
-        for key in ("r", "alpha", "rank_stabilized"):
-            if cfg[key] != ours[key]:
+        cfg.setdefault("scaling", cfg["alpha"] / (math.sqrt(cfg["r"]) if cfg["rank_stabilized"] else cfg["r"]))
+        for key in ("r", "alpha", "rank_stabilized", "scaling"):
+            if not (cfg[key] == ours[key] or (key == "scaling" and math.isclose(cfg[key], ours[key], rel_tol=1e-12))):
                 raise ValueError(f"adapter layer {name!r} was saved with {key}={cfg[key]!r} but the model's layer "
                                  f"has {key}={ours[key]!r}: apply_lora with the adapter's settings "
                                  f"(r={cfg['r']}, alpha={cfg['alpha']:g}, rank_stabilized={cfg['rank_stabilized']}).")

@@ -139,7 +139,10 @@ def _t(M: Any) -> Any:
 
 
 def truncated_svd(M: Any, k: int) -> tuple[Any, Any, Any]:
-    """The top ``k`` singular triplets of ``M``.
+    """The top ``k`` singular triplets of ``M``: exact, from a full (thin) SVD that is then cut to ``k``.
+
+    That costs as much as the whole SVD, about ``m·n·min(m, n)``, whatever ``k`` is; for a large matrix and a
+    small ``k``, :func:`randomized_svd` gets the same triplets (approximately) for about ``m·n·k``.
 
     Args:
         M: an ``(m, n)`` matrix (NumPy array, nested list, or torch tensor on any device).

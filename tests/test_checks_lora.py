@@ -56,10 +56,20 @@ def right_forward(x, base, A, B, alpha, r):
     (lambda x, base, A, B, alpha, r: (base(x) + alpha / r * (x @ A.T @ B.T)).T, "shape \\(6, 5\\)"),
     (lambda x, base, A, B, alpha, r: base(x).detach().numpy(), "torch tensor"),
     (lambda x, base, A, B, alpha, r: base(x) + 1.0, "wrong values"),
+    # integer division: 12 // 3 = 4 is right by luck, 7 // 3 = 2 is not (the visible case catches it)
+    (lambda x, base, A, B, alpha, r: base(x) + (alpha // r) * (x @ A.T @ B.T), "alpha // r = 2: // is integer"),
+    (lambda x, base, A, B, alpha, r: base(x) + int(alpha / r) * (x @ A.T @ B.T), "integer division"),
 ])
 def test_lora_forward_slips(wrong, words):
     with pytest.raises(Feedback, match=words):
         check_lora_forward(wrong)
+
+
+def test_lora_forward_integer_division_is_caught_for_every_r_above_one():
+    wrong = lambda x, base, A, B, alpha, r: base(x) + (alpha // r) * (x @ A.T @ B.T)  # noqa: E731
+    for sizes in [(5, 7, 6, 3), (3, 9, 4, 2), (1, 5, 11, 5), (2, 6, 6, 4)]:
+        with pytest.raises(Feedback, match="integer division"):
+            check_lora_forward(wrong, sizes=sizes)
 
 
 def test_lora_forward_right_and_missing(capsys):
@@ -92,10 +102,33 @@ def test_lora_init(capsys):
         (lambda r, k, d: (torch.randn(r, k + 1), torch.zeros(d, r)), "Expected lora_A of shape"),
         (lambda r, k, d: torch.randn(r, k), "two tensors"),
         (lambda r, k, d: (torch.zeros(r, k), torch.ones(d, r)), "every entry of lora_B is the same"),
+        (lambda r, k, d: (1e6 * torch.randn(r, k), torch.zeros(d, r)), "multiplies the effective learning rate"),
+        (lambda r, k, d: (1e-9 * torch.randn(r, k), torch.zeros(d, r)), "barely move"),
     ]
     for fn, words in slips:
         with pytest.raises(Feedback, match=words):
             check_lora_init(fn)
+        with pytest.raises(Feedback, match=words):
+            check_lora_init(fn, sizes=(1, 3, 5))
+
+
+@pytest.mark.parametrize("fn", [
+    lambda r, k, d: (torch.randn(r, k) / k ** 0.5, torch.zeros(d, r)),                 # ~ Kaiming
+    lambda r, k, d: (nn.init.kaiming_uniform_(torch.empty(r, k), a=math.sqrt(5)), torch.zeros(d, r)),
+    lambda r, k, d: (torch.randn(r, k) / r, torch.zeros(d, r)),                        # PEFT's Gaussian
+    lambda r, k, d: (torch.randn(r, k) / r ** 0.5, torch.zeros(d, r)),                 # the seed's
+    lambda r, k, d: (torch.randn(r, k), torch.zeros(d, r)),                            # "random Gaussian"
+])
+def test_lora_init_accepts_the_usual_scales_of_A(fn, capsys):
+    check_lora_init(fn)
+    check_lora_init(fn, sizes=(1, 3, 5))
+    assert "gradient (α/r) (∇ₕL) (A x)ᵀ nonzero" in capsys.readouterr().out
+
+
+def test_lora_init_feedback_states_the_gradients_with_their_scaling():
+    with pytest.raises(Feedback) as err:
+        check_lora_init(lambda r, k, d: (torch.zeros(r, k), torch.zeros(d, r)))
+    assert "(α/r) (∇ₕL) (A x)ᵀ" in str(err.value) and "(α/r) Bᵀ (∇ₕL) xᵀ" in str(err.value)
 
 
 # --------------------------------------------------------------------------- the scaling
@@ -113,6 +146,8 @@ def test_scaling():
         (lambda alpha, r, rs=False: "4", "should return a number, not str"),
         (lambda alpha, r, rs=False: 4.0, "lora_scaling\\(8, 8, rank_stabilized=False\\) = 4, expected 1\\.$"),
         (lambda alpha, r, rs=False: None, "should return a number"),
+        (lambda alpha, r, rs=False: alpha // (math.sqrt(r) if rs else r), "= 0, expected 0.5: // is integer"),
+        (lambda alpha, r, rs=False: alpha / math.sqrt(r) if rs else alpha // r, "integer division"),
     ]
     for fn, words in slips:
         with pytest.raises(Feedback, match=words):
@@ -218,6 +253,30 @@ class BadUnmerge(GoodLoRA):
         self.merged = False
 
 
+class NoOpMerge(GoodLoRA):
+    """merge() and unmerge() that do nothing at all: the forward keeps adding the update, so the output
+    is right whether "merged" or not (this passed the check before it looked at the weight)."""
+
+    def merge(self):
+        pass
+
+    def unmerge(self):
+        pass
+
+
+class ForwardIgnoresMerge(GoodLoRA):
+    """The weight is merged, but forward keeps adding the update: ΔW counts twice."""
+
+    def forward(self, x):
+        return self.base(x) + self.scaling * (x @ self.lora_A.T @ self.lora_B.T)
+
+
+class MergeTwice(GoodLoRA):
+    def merge(self):
+        self.base.weight.data += 2 * self.delta()
+        self.merged = True
+
+
 class Transposed(GoodLoRA):
     def __init__(self, base, r, alpha):
         super().__init__(base, r, alpha)
@@ -235,6 +294,9 @@ class Transposed(GoodLoRA):
     (NoMerge, "weight is unchanged"),
     (BadUnmerge, "does not restore"),
     (Transposed, "lora_A should be \\(r, in\\)"),
+    (NoOpMerge, "weight is unchanged"),
+    (ForwardIgnoresMerge, "adds ΔW twice: once in the weight and once more in forward"),
+    (MergeTwice, "adds ΔW twice to the weight"),
     (None, "no answer yet"),
     (GoodLoRA(nn.Linear(2, 2), 1, 1.0), "should be a class"),
 ])
@@ -245,7 +307,14 @@ def test_lora_layer_bugs(cls, words):
 
 def test_lora_layer_right(capsys):
     check_lora_layer(GoodLoRA)
+    check_lora_layer(GoodLoRA, sizes=(7, 10, 5))     # the notebook's hidden case: another r
     assert "✅ Correct" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("cls", [NoOpMerge, ForwardIgnoresMerge, MergeNoScaling])
+def test_lora_layer_bugs_with_another_r(cls):
+    with pytest.raises(Feedback):
+        check_lora_layer(cls, sizes=(7, 10, 5))
 
 
 # --------------------------------------------------------------------------- injection and adapters
@@ -272,8 +341,14 @@ def test_target_modules():
     check_target_modules(["attn.q", "attn.v"], two_blocks, QV)
     with pytest.raises(Feedback, match="misses .*blocks.1.attn.q.*every block"):
         check_target_modules(["blocks.0.attn.q", "blocks.0.attn.v"], two_blocks, QV)
-    with pytest.raises(Feedback, match="also wraps .*blocks.0.attn.k"):
+    with pytest.raises(Feedback, match="also wraps .*blocks.0.attn.k.*expected exactly: blocks.0.attn.q, "):
         check_target_modules(["q", "k", "v"], two_blocks, QV)
+    QKVO = [f"blocks.1.attn.{p}" for p in "qkvo"]                  # the message follows the exercise's list
+    check_target_modules(["1.attn.q", "1.attn.k", "1.attn.v", "1.attn.o"], two_blocks, QKVO)
+    with pytest.raises(Feedback) as err:
+        check_target_modules(["q", "k", "v", "o"], two_blocks, QKVO)
+    assert "expected exactly: blocks.1.attn.q, blocks.1.attn.k, blocks.1.attn.v, blocks.1.attn.o" in str(err.value)
+    assert "query and value" not in str(err.value)
     with pytest.raises(Feedback, match="rejected.*matches no module.*blocks.0.attn.q"):
         check_target_modules(["q_proj", "v_proj"], two_blocks, QV)
     with pytest.raises(Feedback, match="rejected.*ModuleDict"):

@@ -72,6 +72,12 @@ def right_rank(M, tol=None):
     (lambda M, tol=None: right_rank(M), "When the caller gives tol, use it"),
     (lambda M, tol=None: right_rank(M, 1e-10 if tol is None else tol), "scale with the matrix"),
     (lambda M, tol=None: float(right_rank(M, tol)) + 0.5, "whole number"),
+    # a relative tolerance that is not NumPy's default (it passed before the 100×100 case was added)
+    (lambda M, tol=None: right_rank(M, 1e-12 * np.linalg.norm(M, 2) if tol is None else tol),
+     "fixed relative tolerance such as 1e-12"),
+    # float64's eps for a float32 matrix
+    (lambda M, tol=None: right_rank(M, np.linalg.norm(M, 2) * max(M.shape) * 2.2e-16 if tol is None else tol),
+     "eps of the matrix's own dtype"),
 ])
 def test_numeric_rank_check_names_the_slip(wrong, message):
     with pytest.raises(Feedback, match=message):
@@ -120,6 +126,12 @@ def test_storage_check_names_the_slip(capsys):
 
 
 def right_k_for_energy(S, fraction):
+    c = np.cumsum(S**2)
+    return int(np.argmax(c / c[-1] >= fraction) + 1)     # c / c[-1] ends at exactly 1.0
+
+
+def argmax_k_for_energy(S, fraction):
+    """The chapter's first model solution: wrong at fraction = 1.0 when rounding leaves energy[-1] < 1."""
     energy = np.cumsum(S**2) / np.sum(S**2)
     return int(np.argmax(energy >= fraction) + 1)
 
@@ -128,6 +140,8 @@ def right_k_for_energy(S, fraction):
     (lambda S, f: int(np.argmax(np.cumsum(S) / np.sum(S) >= f) + 1), "forget a square"),
     (lambda S, f: int(np.argmax(np.cumsum(S**2) / np.sum(S**2) >= f)), "0-based"),
     (lambda S, f: int(np.argmax(np.cumsum(S**2) / np.sum(S**2) > f) + 1) if f < 1 else len(S), "Use >="),
+    (lambda S, f: int(np.argmax(np.cumsum(S**2) / np.sum(S**2) > f) + 1), "Use >="),   # strict, argmax at 1.0 too
+    (argmax_k_for_energy, "ends at 0.9999999999999999, not 1.0"),
     (lambda S, f: len(S), "the smallest k"),
     (lambda S, f: 1.5, "whole number"),
     (lambda S, f: None, "no answer yet"),
@@ -139,8 +153,18 @@ def test_k_for_energy_check_names_the_slip(wrong, message):
 
 def test_k_for_energy_check_passes_right_answers(capsys):
     check_k_for_energy(right_k_for_energy)
-    check_k_for_energy(lambda S, f: next(k for k in range(1, len(S) + 1) if np.sum(S[:k] ** 2) >= f * np.sum(S**2)))
-    assert capsys.readouterr().out.count("✅ Correct") == 2
+    check_k_for_energy(lambda S, f: min(int(np.argmax(np.cumsum(S**2) / np.sum(S**2) >= f)) + 1
+                                        if (np.cumsum(S**2) / np.sum(S**2) >= f).any() else len(S), len(S)))
+    check_k_for_energy(lambda S, f: int(np.searchsorted(np.cumsum(S**2) / np.sum(S**2), f - 1e-12)) + 1)
+    assert capsys.readouterr().out.count("✅ Correct") == 3
+
+
+def test_k_for_energy_argmax_solution_is_wrong_in_many_random_spectra():
+    """Why the check has fraction = 1.0 cases with rounding: the argmax solution fails there often."""
+    rng = np.random.default_rng(0)
+    spectra = [np.sort(rng.random(rng.integers(2, 60)))[::-1] for _ in range(2000)]
+    wrong = sum(argmax_k_for_energy(S, 1.0) != len(S) for S in spectra)
+    assert wrong > 300 and all(right_k_for_energy(S, 1.0) == len(S) for S in spectra)
 
 
 def right_range_finder(M, ell, rng):
@@ -160,6 +184,15 @@ def right_range_finder(M, ell, rng):
 def test_range_finder_check_names_the_slip(wrong, message):
     with pytest.raises(Feedback, match=message):
         check_range_finder(wrong)
+
+
+def test_range_finder_check_wants_the_random_sketch():
+    # the first ell columns of a full QR of M also span a rank-4 M: right Q, but no sketch and no rng
+    with pytest.raises(Feedback, match="never drew from `rng`"):
+        check_range_finder(lambda M, ell, rng: np.linalg.qr(M)[0][:, :ell])
+    with pytest.raises(Feedback, match="never drew from `rng`"):
+        check_range_finder(lambda M, ell, rng: np.linalg.qr(M @ np.random.default_rng(9).standard_normal(
+            (M.shape[1], ell)))[0])
 
 
 def test_range_finder_check_passes_right_answers(capsys):

@@ -202,10 +202,12 @@ def test_dropout_acts_on_the_lora_input_only():
     torch.testing.assert_close(layer(x), unmerged, rtol=1e-5, atol=1e-5)
 
 
-def test_bfloat16_layer_and_merge_in_float32():
+@pytest.mark.parametrize("adapter_dtype", [None, torch.bfloat16])
+def test_bfloat16_layer_and_merge_in_float32(adapter_dtype):
     base = make_base(32, 24, dtype=torch.bfloat16)
-    layer = randomize(LoRALinear(base, r=4, alpha=8))
-    assert layer.lora_A.dtype == torch.bfloat16 and layer.lora_B.dtype == torch.bfloat16
+    layer = randomize(LoRALinear(base, r=4, alpha=8, adapter_dtype=adapter_dtype))
+    expected_dtype = torch.float32 if adapter_dtype is None else torch.bfloat16
+    assert layer.lora_A.dtype == expected_dtype and layer.lora_B.dtype == expected_dtype
     W0 = layer.base.weight.detach().clone()
     x = torch.randn(5, 32, dtype=torch.bfloat16)
     out = layer(x)
@@ -249,6 +251,174 @@ def test_meta_device_counts_without_memory():
     assert count_parameters(layer) == (8 * (5000 + 10000), 5000 * 10000 + 8 * (5000 + 10000))
     with pytest.raises(ValueError, match="meta device"):
         LoRALinear(nn.Linear(50, 100, device="meta"), r=2, init="pissa")
+
+
+def test_meta_layer_materialised_with_to_empty_is_initialisable():
+    """torch's recipe for a layer built without memory: to_empty(), then reset_parameters()."""
+    layer = LoRALinear(nn.Linear(40, 30, device="meta"), r=4)
+    layer.to_empty(device="cpu")
+    with torch.no_grad():                       # to_empty leaves garbage: fill it as torch modules do
+        layer.lora_A.fill_(float("nan"))
+        layer.lora_B.fill_(float("nan"))
+    layer.base.reset_parameters()
+    layer.reset_parameters()
+    bound = 1 / math.sqrt(40)
+    assert torch.isfinite(layer.lora_A).all() and 0 < layer.lora_A.abs().max() <= bound
+    assert torch.count_nonzero(layer.lora_B) == 0
+    x = torch.randn(3, 40)
+    assert torch.equal(layer(x), layer.base(x))
+    gaussian = LoRALinear(nn.Linear(40, 30, device="meta"), r=4, init="gaussian").to_empty(device="cpu")
+    gaussian.reset_parameters()
+    assert torch.isfinite(gaussian.lora_A).all() and torch.count_nonzero(gaussian.lora_B) == 0
+
+
+def test_reset_parameters_refuses_merged_and_pissa_layers():
+    layer = randomize(LoRALinear(make_base(), r=2))
+    layer.merge()
+    with pytest.raises(ValueError, match="unmerge\\(\\) first"):
+        layer.reset_parameters()
+    with pytest.raises(ValueError, match="pissa.*cannot be reset"):
+        LoRALinear(make_base(), r=2, init="pissa").reset_parameters()
+
+
+# --------------------------------------------------------------------------- scaling and merge state
+
+
+def test_scaling_is_read_only_and_follows_alpha_and_rank_stabilized():
+    layer = LoRALinear(make_base(), r=4, alpha=8)
+    assert layer.scaling == 2.0
+    with pytest.raises(AttributeError, match="scaling is read-only.*layer.alpha = s \\* r"):
+        layer.scaling = 5.0
+    assert layer.scaling == 2.0
+    layer.alpha = 20                      # a new alpha gives a new scaling (it used to stay stale)
+    assert layer.scaling == 5.0
+    layer.rank_stabilized = True
+    assert layer.scaling == 10.0
+    layer.alpha = None                    # None means alpha = r, as in the constructor
+    assert layer.alpha == 4 and layer.scaling == 2.0
+    with pytest.raises(ValueError, match="alpha must be a positive"):
+        layer.alpha = -1
+    with pytest.raises(TypeError, match="rank_stabilized must be True or False"):
+        layer.rank_stabilized = 1
+
+
+def test_alpha_cannot_change_while_merged():
+    layer = randomize(LoRALinear(make_base(), r=4, alpha=8))
+    layer.merge()
+    for name, value in (("alpha", 16.0), ("rank_stabilized", True)):
+        with pytest.raises(ValueError, match=f"cannot change {name} while the layer is merged"):
+            setattr(layer, name, value)
+    assert layer.alpha == 8.0 and layer.rank_stabilized is False
+
+
+def test_unmerge_subtracts_what_merge_added_even_if_the_adapter_changed():
+    layer = randomize(LoRALinear(make_base(), r=3, alpha=6))
+    W0 = layer.base.weight.detach().clone()
+    layer.merge()
+    with torch.no_grad():                 # e.g. an adapter loaded or edited by hand while merged
+        layer.lora_B.mul_(10)
+        layer.lora_A.add_(1)
+    layer.unmerge()
+    torch.testing.assert_close(layer.base.weight, W0, rtol=1e-6, atol=1e-6)
+    assert layer.merged is False and layer._merged_A is None
+
+
+def test_merge_record_is_not_in_the_state_dict_and_moves_with_the_layer():
+    layer = randomize(LoRALinear(make_base(), r=2))
+    keys = set(layer.state_dict())
+    layer.merge()
+    assert set(layer.state_dict()) == keys == {"lora_A", "lora_B", "base.weight", "base.bias"}
+    layer.double()                        # the recorded A and B follow .to() like the weights
+    assert layer._merged_A.dtype == torch.float64
+    layer.unmerge()
+
+
+def test_weight_and_bias_forward_to_the_base_like_peft():
+    base = make_base()
+    layer = LoRALinear(base, r=2)
+    assert layer.weight is base.weight and layer.bias is base.bias
+    assert LoRALinear(make_base(bias=False), r=2).bias is None
+    assert "weight" not in dict(layer.named_parameters())   # not a second parameter: counted once
+    assert count_parameters(layer)[1] == count_parameters(base)[1] + 2 * (12 + 9)
+
+
+# --------------------------------------------------------------------------- adapter dtype
+
+
+@pytest.mark.parametrize("base_dtype, adapter_dtype, expected", [
+    (torch.bfloat16, None, torch.float32), (torch.float16, None, torch.float32),
+    (torch.float32, None, torch.float32), (torch.float64, None, torch.float64),
+    (torch.bfloat16, torch.bfloat16, torch.bfloat16), (torch.float32, torch.float64, torch.float64),
+])
+def test_adapter_dtype_rule(base_dtype, adapter_dtype, expected):
+    layer = LoRALinear(make_base(dtype=base_dtype), r=2, adapter_dtype=adapter_dtype)
+    assert layer.lora_A.dtype == expected and layer.lora_B.dtype == expected
+    assert layer.base.weight.dtype == base_dtype
+
+
+@pytest.mark.parametrize("bad", [torch.int32, "float32", 32])
+def test_bad_adapter_dtype(bad):
+    with pytest.raises(TypeError, match="adapter_dtype must be a floating-point torch.dtype"):
+        LoRALinear(make_base(), r=2, adapter_dtype=bad)
+
+
+def adam_step(layer: LoRALinear, x: torch.Tensor, lr: float = 1e-4) -> torch.Tensor:
+    """One Adam step on A and B; returns lora_A's change."""
+    before = layer.lora_A.detach().clone()
+    opt = torch.optim.Adam([layer.lora_A, layer.lora_B], lr=lr)
+    layer(x).float().square().sum().backward()
+    opt.step()
+    return (layer.lora_A.detach() - before).float()
+
+
+def test_adam_step_of_1e4_survives_in_float32_adapters_and_is_lost_in_bfloat16():
+    x = torch.randn(16, 12, dtype=torch.bfloat16)
+    fp32 = randomize(LoRALinear(make_base(dtype=torch.bfloat16), r=4), size=0.5)
+    bf16 = randomize(LoRALinear(make_base(dtype=torch.bfloat16), r=4, adapter_dtype=torch.bfloat16), size=0.5)
+    moved_fp32, moved_bf16 = adam_step(fp32, x), adam_step(bf16, x)
+    assert fp32.lora_A.dtype == torch.float32 and bf16.lora_A.dtype == torch.bfloat16
+    assert (moved_fp32 != 0).float().mean() > 0.99          # every entry moved, by about the learning rate
+    assert moved_fp32.abs().max() <= 1.01e-4
+    # in bfloat16 an entry of size ~0.3 has an ulp of 2**-9 ≈ 2e-3: a step of 1e-4 rounds away
+    big = fp32.lora_A.detach().abs() > 0.125
+    assert big.sum() > 10 and torch.count_nonzero(moved_bf16[big]) == 0
+
+
+def test_float32_adapters_on_a_bfloat16_base_match_peft():
+    peft = pytest.importorskip("peft")
+    torch.manual_seed(0)
+    model = Tiny().to(torch.bfloat16).eval()
+    ours = copy.deepcopy(model)
+    apply_lora(ours, ["q", "v"], r=4, alpha=8)
+    for n in ("q", "v"):
+        randomize(ours.attn[n], seed=ord(n))
+    twin = peft.get_peft_model(copy.deepcopy(model), peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q", "v"]))
+    q_peft = twin.base_model.model.attn["q"]
+    assert q_peft.lora_A["default"].weight.dtype == torch.float32 == ours.attn["q"].lora_A.dtype
+    with torch.no_grad():
+        for n in ("q", "v"):
+            theirs = twin.base_model.model.attn[n]
+            theirs.lora_A["default"].weight.copy_(ours.attn[n].lora_A)
+            theirs.lora_B["default"].weight.copy_(ours.attn[n].lora_B)
+    x = torch.randn(10, 8, dtype=torch.bfloat16)
+    with torch.no_grad():
+        assert torch.equal(ours.attn["q"](ours.norm(ours.encoder(x))),
+                           q_peft(twin.base_model.model.norm(twin.base_model.model.encoder(x))))
+        torch.testing.assert_close(ours(x), twin(x), rtol=0, atol=0)
+
+
+def test_input_that_does_not_fit_is_a_clear_error():
+    layer = LoRALinear(make_base(dtype=torch.bfloat16), r=2)
+    with pytest.raises(TypeError, match="x is torch.float32 but the base layer's weight is torch.bfloat16"):
+        layer(torch.randn(3, 12))
+    with pytest.raises(ValueError, match="x has shape \\(3, 11\\).*\\(\\.\\.\\., 12\\)"):
+        layer(torch.randn(3, 11, dtype=torch.bfloat16))
+    with pytest.raises(ValueError, match="x is on meta but the layer's weights are on cpu"):
+        layer(torch.randn(3, 12, dtype=torch.bfloat16, device="meta"))
+    with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+        layer([[0.0] * 12])
+    with torch.autocast("cpu", dtype=torch.bfloat16):      # autocast casts the operands itself
+        assert LoRALinear(make_base(), r=2)(torch.randn(3, 12)).dtype == torch.bfloat16
 
 
 # --------------------------------------------------------------------------- bad inputs
@@ -524,7 +694,8 @@ def test_save_and_load_adapter_round_trip(tmp_path):
     with safe_open(str(path), framework="pt") as f:
         meta = json.loads(f.metadata()["lora_edu"])
         assert sorted(f.keys()) == sorted(lora_state_dict(trained))
-    assert meta["attn.q"] == {"r": 3, "alpha": 6.0, "rank_stabilized": True, "init": "kaiming"}
+    assert meta["attn.q"] == {"r": 3, "alpha": 6.0, "rank_stabilized": True, "init": "kaiming",
+                              "scaling": 6.0 / math.sqrt(3)}
     assert path.read_bytes()[:8] != b"\x80\x02\x8a\nl\xfc\x9cF"  # not a pickle
     fresh = lora_model(r=3, alpha=6, rank_stabilized=True, init="gaussian")  # another init is fine
     load_adapter(fresh, path)
@@ -549,6 +720,55 @@ def test_load_adapter_checks_metadata(tmp_path, kw, words):
     save_adapter(lora_model(r=3, alpha=6, rank_stabilized=True), path)
     with pytest.raises(ValueError, match=words):
         load_adapter(lora_model(**kw), path)
+
+
+def rewrite_metadata(path, change):
+    """Rewrite an adapter file with its lora_edu metadata passed through ``change`` (a dict -> None)."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    config = json.loads(meta["lora_edu"])
+    change(config)
+    save_file(load_file(str(path)), str(path), metadata={**meta, "lora_edu": json.dumps(config)})
+
+
+def test_load_adapter_checks_the_recorded_scaling_and_reads_older_files(tmp_path):
+    path = tmp_path / "a.safetensors"
+    trained = lora_model(r=2, alpha=4)
+    randomize(trained.attn["q"])
+    save_adapter(trained, path)
+    rewrite_metadata(path, lambda cfg: cfg["attn.q"].update(scaling=5.0))   # what another layer really used
+    with pytest.raises(ValueError, match="saved with scaling=5.0 but the model's layer has scaling=2.0"):
+        load_adapter(lora_model(r=2, alpha=4), path)
+    rewrite_metadata(path, lambda cfg: [c.pop("scaling") for c in cfg.values()])   # a file from before
+    fresh = lora_model(r=2, alpha=4)
+    load_adapter(fresh, path)
+    x = torch.randn(3, 8)
+    assert torch.equal(fresh(x), trained(x))
+
+
+def test_save_adapter_warns_about_trainable_parameters_it_does_not_save(tmp_path):
+    model = lora_model()
+    model.head.requires_grad_(True)          # a head trained next to LoRA (PEFT's modules_to_save)
+    with pytest.warns(UserWarning, match="not saved: head.weight, head.bias"):
+        save_adapter(model, tmp_path / "a.safetensors")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        save_adapter(lora_model(), tmp_path / "b.safetensors")   # adapter only: no warning
+
+
+def test_apply_lora_on_a_lora_layer_itself_is_an_error():
+    layer = LoRALinear(make_base(), r=2)
+    with pytest.raises(ValueError, match="model is itself a LoRALinear"):
+        apply_lora(layer, ["base"], r=2)
+    assert type(layer.base) is nn.Linear                          # nothing nested
+    model = nn.Sequential(LoRALinear(make_base(), r=2))
+    with pytest.raises(ValueError, match="matches no module"):
+        apply_lora(model, ["0.base"], r=2)                         # the base inside is not a target
 
 
 def test_load_adapter_rejects_foreign_files(tmp_path):
@@ -580,15 +800,16 @@ def test_pissa_adapter_round_trip(tmp_path):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("impl", ["reference", "auto"])   # "auto" is the fused path on CUDA
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("init", INITS)
-def test_gpu_core_properties(dtype, init):
+def test_gpu_core_properties(dtype, init, impl):
     tol = 1e-5 if dtype == torch.float32 else 3e-2
     base = make_base(64, 48, dtype=dtype, device="cuda")
     x = torch.randn(16, 64, device="cuda", dtype=dtype)
     expected = base(x)
-    layer = LoRALinear(copy.deepcopy(base), r=8, alpha=16, init=init)
-    assert layer.lora_A.device.type == "cuda" and layer.lora_A.dtype == dtype
+    layer = LoRALinear(copy.deepcopy(base), r=8, alpha=16, init=init, impl=impl)
+    assert layer.lora_A.device.type == "cuda" and layer.lora_A.dtype == torch.float32  # fp32 adapters on bf16
     torch.testing.assert_close(layer(x), expected, rtol=tol, atol=tol)
     randomize(layer)
     layer(x).float().square().sum().backward()

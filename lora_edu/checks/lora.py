@@ -78,7 +78,8 @@ def check_accumulated_update(delta_W: Any, grads: list, lr: float) -> None:
 def check_lora_forward(fn: Callable, seed: int = 0, sizes: tuple[int, int, int, int] = (5, 7, 6, 3)) -> None:
     """``fn(x, base, lora_A, lora_B, alpha, r)`` must return ``base(x) + (alpha/r) * x @ A.T @ B.T``.
 
-    ``sizes`` = (batch, in_features, out_features, r).
+    ``sizes`` = (batch, in_features, out_features, r). Two alphas are tried, 12 and 7, so that alpha / r
+    is not a whole number in at least one of them (unless r = 1): integer division shows up.
     """
     require_answer(fn, "lora_forward")
     if not callable(fn):
@@ -92,7 +93,13 @@ def check_lora_forward(fn: Callable, seed: int = 0, sizes: tuple[int, int, int, 
         base.bias.copy_(torch.randn(d, generator=g))
     x = torch.randn(n, k, generator=g)
     A, B = torch.randn(r, k, generator=g), torch.randn(d, r, generator=g)
-    alpha = 12.0
+    for alpha in (12.0, 7.0):
+        _check_forward_case(fn, x, base, A, B, alpha, r)
+    passed("h = base(x) + (α/r) · x Aᵀ Bᵀ — the LoRA forward, batch-first like nn.Linear.")
+
+
+def _check_forward_case(fn: Callable, x: Any, base: Any, A: Any, B: Any, alpha: float, r: int) -> None:
+    torch = _torch()
     got = _call(fn, "lora_forward", x.clone(), base, A.clone(), B.clone(), alpha, r,
                 shapes=f"Here x is {tuple(x.shape)}, lora_A is (r, in) = {tuple(A.shape)}, lora_B is "
                        f"(out, r) = {tuple(B.shape)}: x @ lora_A.T @ lora_B.T fits.")
@@ -105,16 +112,19 @@ def check_lora_forward(fn: Callable, seed: int = 0, sizes: tuple[int, int, int, 
         raise Feedback(f"`lora_forward` returned shape {tuple(got.shape)}; expected {tuple(expected.shape)} = "
                        "(batch, out_features).")
     if _close(got, expected):
-        passed("h = base(x) + (α/r) · x Aᵀ Bᵀ — the LoRA forward, batch-first like nn.Linear.")
         return
     slips = [
         (base(x), "Your output is base(x) alone: the low-rank update is missing."),
-        (base(x) + update, "The update is there but not scaled: multiply it by alpha / r (here 12 / 3 = 4)."),
+        (base(x) + update, f"The update is there but not scaled: multiply it by alpha / r (here {alpha:g} / {r} "
+                           f"= {alpha / r:.4g})." + (f" If you wrote alpha // r: // is integer division, which rounds "
+                                                    f"{alpha / r:.4g} down to 1; use /." if alpha // r == 1 else "")),
         (base(x) + alpha * update, "You scaled by alpha, as the seed blog post does; LoRA (the paper, PEFT) "
                                    "scales by alpha / r."),
         (base(x) + alpha / math.sqrt(r) * update, "You scaled by alpha / sqrt(r): that is rsLoRA's scaling. "
                                                   "Plain LoRA uses alpha / r."),
         (base(x) + r / alpha * update, "You scaled by r / alpha: the fraction is upside down, it is alpha / r."),
+        (base(x) + (alpha // r) * update, f"You scaled by alpha // r = {alpha // r:g}: // is integer division, which "
+                                          f"rounds down. Use alpha / r = {alpha / r:.4g} (true division)."),
         (x @ base.weight.T + alpha / r * update, "The bias of the base layer is missing: use base(x), which "
                                                  "adds it, rather than x @ base.weight.T."),
         (alpha / r * update, "Only the update came back: add the frozen layer's output base(x)."),
@@ -124,8 +134,8 @@ def check_lora_forward(fn: Callable, seed: int = 0, sizes: tuple[int, int, int, 
         if _close(got, wrong):
             raise Feedback(message)
     worst = float((got.detach().double() - expected.detach().double()).abs().max())
-    raise Feedback(f"`lora_forward` has the right shape but wrong values (largest difference {worst:.3g}). "
-                   "Expected base(x) + (alpha / r) * x @ lora_A.T @ lora_B.T.")
+    raise Feedback(f"`lora_forward` has the right shape but wrong values with alpha = {alpha:g}, r = {r} (largest "
+                   f"difference {worst:.3g}). Expected base(x) + (alpha / r) * x @ lora_A.T @ lora_B.T.")
 
 
 # --------------------------------------------------------------------------- section 3: initialisation
@@ -158,8 +168,9 @@ def check_lora_init(fn: Callable, sizes: tuple[int, int, int] = (4, 10, 7)) -> N
         raise Feedback("lora_A or lora_B holds NaN or infinity.")
     a_zero, b_zero = bool((A == 0).all()), bool((B == 0).all())
     if a_zero and b_zero:
-        raise Feedback("Both matrices are zero. The output is right at step 0, but the gradient of B is "
-                       "(grad h)ᵀ (A x) = 0 and the gradient of A is Bᵀ (grad h) xᵀ = 0: nothing ever moves.")
+        raise Feedback("Both matrices are zero. The output is right at step 0, but for h = base(x) + (α/r) B A x the "
+                       "gradient of B is (α/r) (∇ₕL) (A x)ᵀ = 0 (A = 0) and the gradient of A is (α/r) Bᵀ (∇ₕL) xᵀ "
+                       "= 0 (B = 0): nothing ever moves.")
     if not a_zero and not b_zero:
         raise Feedback("Both matrices are nonzero, so B A ≠ 0 and the layer no longer computes the pretrained "
                        "function at step 0 (the seed's randn ΔW problem). Start B at zero.")
@@ -172,8 +183,33 @@ def check_lora_init(fn: Callable, sizes: tuple[int, int, int] = (4, 10, 7)) -> N
     if A.std() == 0 or torch.linalg.matrix_rank(A) < r:
         raise Feedback("lora_B is zero (good) but lora_A's rows are not independent (e.g. all entries equal): "
                        "rows that start equal get equal gradients and stay equal, wasting rank. Draw A at random.")
+    _check_scale_of_A(float(A.std()), k)
     passed("B = 0 makes B A = 0, so the layer starts exactly as the pretrained one; a random A makes "
-           "B's first gradient (grad h)ᵀ (A x) nonzero, so training can start.")
+           "B's first gradient (α/r) (∇ₕL) (A x)ᵀ nonzero, so training can start.")
+
+
+# What a sensible A looks like: Kaiming (loralib, PEFT) has std 1/sqrt(3·in), PEFT's Gaussian 1/r, the seed
+# 1/sqrt(r), plain torch.randn 1. All of these pass. The scale of A is not free, though: with B = 0, every step of B
+# changes the output by (α/r)·ΔB·A, and Adam moves each entry of B by about the learning rate, so A's scale acts as
+# a factor on the effective learning rate. A thousand times outside that range (1e6·randn, 1e-9·randn) is a start
+# that no reasonable learning rate trains, and the check says so.
+_A_STD_LOW, _A_STD_HIGH = 1e-3, 3.0
+
+
+def _check_scale_of_A(std: float, in_features: int) -> None:
+    kaiming = 1 / math.sqrt(3 * in_features)
+    if std > _A_STD_HIGH:
+        raise Feedback(f"lora_A has standard deviation {std:.3g}, {std / kaiming:.2g}× nn.Linear's own scale "
+                       f"(Kaiming, 1/sqrt(3·in) = {kaiming:.3g}). B = 0 keeps the start right, but each step of B "
+                       "changes the output by (α/r)·ΔB·A, and Adam moves every entry of B by about the learning rate: "
+                       "A this large multiplies the effective learning rate by the same factor. Use a scale like "
+                       "1/sqrt(in_features) (Kaiming, as loralib and PEFT) or 1/r (PEFT's Gaussian).")
+    if std < _A_STD_LOW / math.sqrt(in_features):
+        raise Feedback(f"lora_A has standard deviation {std:.3g}, {kaiming / std:.2g}× smaller than nn.Linear's own "
+                       f"scale (Kaiming, 1/sqrt(3·in) = {kaiming:.3g}). Each step of B changes the output by "
+                       "(α/r)·ΔB·A, so with A this small B's first steps barely move anything: the effective "
+                       "learning rate shrinks by the same factor. Use a scale like 1/sqrt(in_features) (Kaiming) "
+                       "or 1/r (PEFT's Gaussian).")
 
 
 # --------------------------------------------------------------------------- section 4: scaling
@@ -206,6 +242,10 @@ def check_scaling(fn: Callable) -> None:
                 (r / alpha, "the fraction is upside down: alpha / r."),
                 (alpha * r, "that multiplies by r; LoRA divides by it."),
                 (alpha / r ** 2, "that divides by r twice."),
+                (alpha // r, "// is integer division, which rounds down to a whole number: use alpha / r (true "
+                             "division)."),
+                (alpha // math.sqrt(r), "// is integer division, which rounds down to a whole number: use "
+                                        "alpha / math.sqrt(r) (true division)."),
             ]
             for value, why in slips:
                 if math.isclose(got, value, rel_tol=1e-9):
@@ -259,7 +299,8 @@ def check_lora_layer(cls: Any, sizes: tuple[int, int, int] = (9, 6, 3)) -> None:
     """A LoRA layer class ``cls(base, r, alpha)`` with ``lora_A``, ``lora_B``, ``merge()``, ``unmerge()``.
 
     Checked: starts as the base, forward = base(x) + (alpha/r) x Aᵀ Bᵀ, only A and B trainable,
-    merged output = unmerged output, unmerge restores the weight.
+    merge() makes base.weight = W0 + (alpha/r) B A and forward = base(x) alone (= the unmerged output),
+    unmerge() restores the weight and the update.
     """
     require_answer(cls, "FixedLoRA")
     if not isinstance(cls, type):
@@ -303,27 +344,26 @@ def check_lora_layer(cls: Any, sizes: tuple[int, int, int] = (9, 6, 3)) -> None:
                                    "(alpha / r) * x @ lora_A.T @ lora_B.T.")
             raise Feedback("The forward does not compute base(x) + (alpha / r) * x @ lora_A.T @ lora_B.T.")
         layer.merge()
-        merged = layer(x)
-        if not _close(merged, expected, 1e-4):
-            W = layer.base.weight.detach()
-            dW = W - W0
-            right = alpha / r * layer.lora_B @ layer.lora_A
+        W = layer.base.weight.detach()
+        dW, right = W - W0, alpha / r * layer.lora_B @ layer.lora_A
+        if not _close(W, W0 + right, 1e-4):
             if _close(W, W0):
-                raise Feedback("After merge() the weight is unchanged: add ΔW = (alpha / r) · B @ A to "
-                               "base.weight.")
-            if dW.shape == right.shape:
-                for s, words in ((1.0, "without the scaling"), (alpha, "scaled by alpha instead of alpha / r")):
-                    if _close(dW, right / (alpha / r) * s, 1e-4):
-                        raise Feedback(f"merge() adds B @ A {words}, so the merged layer no longer computes what "
-                                       "the unmerged one did. Add (alpha / r) * lora_B @ lora_A.")
-                if _close(dW, 2 * right, 1e-4):
-                    raise Feedback("The merged layer adds ΔW twice: once in the weight and once more in forward. "
-                                   "A merged layer's forward must be base(x) only.")
-            if _close(merged, expected + alpha / r * update, 1e-4):
-                raise Feedback("The merged layer adds ΔW twice: once in the weight and once more in forward. "
-                               "A merged layer's forward must be base(x) only.")
-            raise Feedback("After merge() the output differs from the unmerged layer's: the weight should become "
-                           "W0 + (alpha / r) * lora_B @ lora_A and forward should use it alone.")
+                raise Feedback("After merge() the weight is unchanged: merge() must add ΔW = (alpha / r) · B @ A "
+                               "to base.weight (a merged layer's forward is base(x) alone).")
+            for s, words in ((1.0, "without the scaling"), (alpha, "scaled by alpha instead of alpha / r")):
+                if _close(dW, right / (alpha / r) * s, 1e-4):
+                    raise Feedback(f"merge() adds B @ A {words}, so the merged layer no longer computes what "
+                                   "the unmerged one did. Add (alpha / r) * lora_B @ lora_A.")
+            if _close(dW, 2 * right, 1e-4):
+                raise Feedback("merge() adds ΔW twice to the weight: add (alpha / r) * lora_B @ lora_A once.")
+            raise Feedback("After merge() base.weight should be W0 + (alpha / r) * lora_B @ lora_A, and it is not.")
+        merged = layer(x)
+        if _close(merged, expected + alpha / r * update, 1e-4):
+            raise Feedback("The merged layer adds ΔW twice: once in the weight and once more in forward. "
+                           "A merged layer's forward must be base(x) only.")
+        if not (_close(merged, layer.base(x), 1e-5) and _close(merged, expected, 1e-4)):
+            raise Feedback("After merge() the weight is right, but forward does not return base(x) alone: a merged "
+                           "layer computes one matmul with W0 + ΔW and adds nothing else.")
         layer.unmerge()
         if not _close(layer.base.weight, W0, 1e-5):
             raise Feedback("unmerge() does not restore the original weight: subtract exactly what merge() added.")
@@ -352,7 +392,8 @@ def check_target_modules(patterns: Any, make_model: Callable, expected: list[str
     if missing or extra:
         parts = []
         if extra:
-            parts.append(f"it also wraps {extra} (only the query and value projections should get LoRA)")
+            parts.append(f"it also wraps {extra}, which should stay plain layers (expected exactly: "
+                         f"{', '.join(expected)})")
         if missing:
             parts.append(f"it misses {missing}")
         hint = ""

@@ -106,6 +106,14 @@ def check_svd_reconstruction(fn: Callable, seed: int = 0) -> None:
     passed("U @ diag(S) @ Vh gives back the matrix — rotate, stretch, rotate.")
 
 
+def _spectrum_matrix(rng: np.random.Generator, s: list[float]) -> np.ndarray:
+    """A square matrix Q1 diag(s) Q2ᵀ with exactly these singular values (random orthogonal Q1, Q2)."""
+    n = len(s)
+    Q1, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    Q2, _ = np.linalg.qr(rng.standard_normal((n, n)))
+    return (Q1 * np.asarray(s)) @ Q2.T
+
+
 def _numpy_rank(M: np.ndarray, tol: float | None) -> int:
     s = np.linalg.svd(M, compute_uv=False)
     if tol is None:
@@ -133,6 +141,14 @@ def check_numeric_rank(fn: Callable) -> None:
          "NumPy's default tolerance is S.max() * max(m, n) * eps ≈ 7e-16 here, so all three count."),
         (np.diag([3e-20, 1e-20]), None, "diag(3e-20, 1e-20) with the default tolerance",
          "The default tolerance must scale with the matrix: S.max() * max(m, n) * eps, not a fixed number."),
+        (_spectrum_matrix(rng, [1.0] * 50 + [1e-13] * 50), None,
+         "a 100×100 matrix with 50 singular values 1 and 50 of 1e-13, default tolerance",
+         "NumPy's default is S.max() * max(m, n) * eps = 100 · 2.2e-16 ≈ 2.2e-14 here, so the 1e-13's count: "
+         "a fixed relative tolerance such as 1e-12 · S.max() is not NumPy's default."),
+        (np.diag([1.0, 0.5, 5e-7, 0, 0, 0, 0, 0, 0, 0]).astype(np.float32), None,
+         "a float32 10×10 diag(1, 0.5, 5e-7, 0, ...), default tolerance",
+         "Use the eps of the matrix's own dtype, np.finfo(M.dtype).eps: for float32 it is 1.2e-7, so the "
+         "tolerance is 10 · 1.2e-7 ≈ 1.2e-6 and 5e-7 does not count."),
     ]
     for M, tol, what, hint in cases:
         expected = _numpy_rank(M, tol)
@@ -204,6 +220,12 @@ def _k_for_energy(S: np.ndarray, fraction: float) -> int:
     return int(np.searchsorted(e / e[-1], fraction - 1e-12) + 1)
 
 
+# Spectra whose energy, computed as np.cumsum(S**2) / np.sum(S**2), ends a hair below 1.0: the cumulative sum
+# adds one term at a time and np.sum adds in pairs, so the two roundings differ. There `energy >= 1.0` is never
+# true and np.argmax(...) returns 0 (the answer would be k = 1). The right answer is len(S).
+_ENERGY_BELOW_ONE = [np.linspace(1.0, 0.1, 10), np.arange(1, 21) ** -1.5, np.linspace(1.0, 0.1, 40)]
+
+
 @exercise
 def check_k_for_energy(fn: Callable) -> None:
     """``fn(S, fraction)``: the smallest k with ``(σ_1² + … + σ_k²) / Σ σ² >= fraction``."""
@@ -212,37 +234,51 @@ def check_k_for_energy(fn: Callable) -> None:
     cases = [(np.array([4.0, 2.0, 1.0, 1.0]), 0.9), (np.array([4.0, 2.0, 1.0, 1.0]), 0.7),
              (np.array([1.0, 1.0, 1.0, 1.0]), 0.5), (np.array([10.0, 1.0, 0.5, 0.1]), 0.99),
              (np.array([3.0, 2.0, 1.0]), 1.0)]
-    got = []
-    for S, fraction in cases:
-        g = _call(fn, name, S.copy(), fraction)
-        require_answer(g, f"{name}(S, {fraction})")
-        if isinstance(g, bool) or not isinstance(g, (int, np.integer)):
-            if isinstance(g, (float, np.floating)) and float(g).is_integer():
-                g = int(g)
-            else:
-                raise Feedback(f"`{name}` should return a whole number k (an int), not {type(g).__name__} {g!r}.")
-        got.append(int(g))
-    if all(g == _k_for_energy(S, f) for g, (S, f) in zip(got, cases)):
-        passed("k is the first place where the cumulative energy of σ² reaches the fraction.")
-        return
+    got = [_k_answer(fn, name, S, fraction) for S, fraction in cases]
+    if not all(g == _k_for_energy(S, f) for g, (S, f) in zip(got, cases)):
+        _diagnose_k(got, cases, name)
+    for S in _ENERGY_BELOW_ONE:
+        g = _k_answer(fn, name, S, 1.0)
+        if g != len(S):
+            e = np.cumsum(S**2) / np.sum(S**2)
+            raise Feedback(f"{name}(S, 1.0) for {len(S)} singular values returned {g}, but all {len(S)} are needed "
+                           f"for all of the energy. Rounding: np.cumsum(S**2) / np.sum(S**2) ends at {float(e[-1])!r}, not "
+                           "1.0, so `energy >= 1.0` is never true and np.argmax of an all-False array is 0. Divide by "
+                           "the last cumulative sum instead (energy = c / c[-1], whose last entry is exactly 1.0), "
+                           "or fall back to len(S) when no entry reaches the fraction.")
+    passed("k is the first place where the cumulative energy of σ² reaches the fraction (even at 1.0).")
 
+
+def _k_answer(fn: Callable, name: str, S: np.ndarray, fraction: float) -> int:
+    g = _call(fn, name, S.copy(), fraction)
+    require_answer(g, f"{name}(S, {fraction})")
+    if isinstance(g, bool) or not isinstance(g, (int, np.integer)):
+        if isinstance(g, (float, np.floating)) and float(g).is_integer():
+            return int(g)
+        raise Feedback(f"`{name}` should return a whole number k (an int), not {type(g).__name__} {g!r}.")
+    return int(g)
+
+
+def _diagnose_k(got: list[int], cases: list[tuple], name: str) -> None:
     def no_square(S, f):
         c = np.cumsum(S) / np.sum(S)
         return int(np.searchsorted(c, f - 1e-12) + 1)
 
     def strict(S, f):
         e = np.cumsum(S**2) / np.sum(S**2)
-        return int(np.searchsorted(e, f + 1e-12, side="right") + 1) if f < 1 else len(S)
+        return int(np.searchsorted(e, f + 1e-12, side="right") + 1)
 
     candidates = {
         "Energy is measured with σ², not σ: square the singular values before the cumulative sum "
         "(did you forget a square?).": no_square,
         "Off by one: that looks like the 0-based position of the first value that reaches the fraction; "
         "k counts singular values, so add 1.": lambda S, f: _k_for_energy(S, f) - 1,
-        "Use >= (reaching the fraction is enough): for S = [1, 1, 1, 1] and 0.5, k = 2 already keeps exactly "
-        "half of the energy.": strict,
     }
-    _diagnose(got, cases, candidates, lambda a, b: a == b)
+    below_one = [(g, c) for g, c in zip(got, cases) if c[1] < 1]
+    _diagnose([g for g, _ in below_one], [c for _, c in below_one], candidates, lambda a, b: a == b)
+    if all(g == strict(S, f) for g, (S, f) in below_one):
+        raise Feedback("Use >= (reaching the fraction is enough): for S = [1, 1, 1, 1] and 0.5, k = 2 already keeps "
+                       "exactly half of the energy.")
     for g, (S, f) in zip(got, cases):
         if g != _k_for_energy(S, f):
             raise Feedback(f"{name}(S={S.tolist()}, fraction={f}) returned {g}, expected {_k_for_energy(S, f)}: "
@@ -257,7 +293,9 @@ def check_range_finder(fn: Callable, seed: int = 0) -> None:
     rng = np.random.default_rng(seed)
     m, n, rank, ell = 60, 40, 4, 6
     M = rng.standard_normal((m, rank)) @ rng.standard_normal((rank, n))
-    got = _call(fn, name, M.copy(), ell, np.random.default_rng(seed + 1),
+    given = np.random.default_rng(seed + 1)
+    untouched = given.bit_generator.state
+    got = _call(fn, name, M.copy(), ell, given,
                 hint=f"M is ({m}, {n}), so the Gaussian test matrix Omega must be (n, ell) = ({n}, {ell}) for "
                      "M @ Omega to work.")
     if isinstance(got, (tuple, list)) and len(got) == 2:
@@ -277,6 +315,10 @@ def check_range_finder(fn: Callable, seed: int = 0) -> None:
         raise Feedback(f"Q has orthonormal columns but misses part of M's column space (relative error "
                        f"{residual:.2g} of M - Q Qᵀ M). Sketch the columns: Y = M @ Omega with Omega of shape "
                        "(n, ell), then Q from the QR of Y.")
+    if given.bit_generator.state == untouched:
+        raise Feedback("Q is right, but your function never drew from `rng`: the range finder sketches M with a "
+                       "random Ω = rng.standard_normal((n, ell)) — that sketch is the point (it costs m·n·ell, not a "
+                       "full QR of M), and drawing from the rng you are given keeps the result reproducible.")
     passed(f"{ell} random combinations of the columns of a rank-{rank} matrix capture it exactly "
            "(‖M − QQᵀM‖ / ‖M‖ < 1e-8).")
 
