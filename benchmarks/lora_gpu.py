@@ -454,9 +454,8 @@ def build_layers(d: int, r: int, device: torch.device, dtype: torch.dtype, confi
     base = nn.Linear(d, d, bias=False, device=device, dtype=dtype)
     base.requires_grad_(False)
     p = config["dropout"]
-    ref = LoRALinear(copy.deepcopy(base), r=r, alpha=2 * r, dropout=p, impl="reference")
+    ref = LoRALinear(copy.deepcopy(base), r=r, alpha=2 * r, dropout=p, impl="reference", adapter_dtype=dtype)
     with torch.no_grad():
-        ref.lora_A.data = ref.lora_A.data.to(dtype)
         ref.lora_B.data = torch.randn(d, r, device=device, dtype=dtype) * 0.02
     _set_adapter_dtype(ref, config["adapter_dtype"])
     layers: dict[str, nn.Module] = {}

@@ -168,14 +168,16 @@ def test_cuda_dropout_and_autocast():
 # --------------------------------------------------------------------------- through LoRALinear(impl=...)
 
 
-def lora_pair(device="cpu", dtype=torch.float32, dropout=0.0, rank_stabilized=False, bias=True, seed=0):
+def lora_pair(device="cpu", dtype=torch.float32, dropout=0.0, rank_stabilized=False, bias=True, seed=0,
+              adapter_dtype=None):
     from torch import nn
 
     from lora_edu.lora import LoRALinear
 
     torch.manual_seed(seed)
     base = nn.Linear(48, 40, bias=bias).to(device=device, dtype=dtype)
-    ref = LoRALinear(base, r=6, alpha=12, dropout=dropout, rank_stabilized=rank_stabilized, impl="reference")
+    ref = LoRALinear(base, r=6, alpha=12, dropout=dropout, rank_stabilized=rank_stabilized, impl="reference",
+                     adapter_dtype=adapter_dtype)
     with torch.no_grad():
         ref.lora_B.normal_(std=0.5)        # B = 0 would hide any mistake in the LoRA branch
     import copy
@@ -207,11 +209,17 @@ def test_lora_linear_impls_agree(dropout, rank_stabilized):
         assert rel_err(o, w) < 1e-5
 
 
-def test_lora_linear_impls_agree_in_bfloat16():
-    ref, fused = lora_pair(dtype=torch.bfloat16)
+@pytest.mark.parametrize("adapter_dtype", [None, torch.bfloat16])
+def test_lora_linear_impls_agree_in_bfloat16(adapter_dtype):
+    """A bf16 base, with float32 adapters (the default, PEFT's rule) or bf16 ones: both impls agree, and
+    the output and x's gradient are bf16 while A's and B's gradients come back in the adapters' dtype."""
+    ref, fused = lora_pair(dtype=torch.bfloat16, adapter_dtype=adapter_dtype)
+    want = torch.float32 if adapter_dtype is None else adapter_dtype
+    assert ref.lora_A.dtype == fused.lora_A.dtype == want
     x, g = torch.randn(64, 48, dtype=torch.bfloat16), torch.randn(64, 40, dtype=torch.bfloat16)
-    for w, o in zip(layer_run(ref, x, g), layer_run(fused, x, g)):
-        assert o.dtype == torch.bfloat16 and rel_err(o, w) < 1e-2
+    dtypes = [torch.bfloat16, torch.bfloat16, want, want]   # out, dx, dA, dB
+    for w, o, dtype in zip(layer_run(ref, x, g), layer_run(fused, x, g), dtypes):
+        assert o.dtype == w.dtype == dtype and rel_err(o, w) < 1e-2
 
 
 def test_merged_layer_is_the_same_for_both_impls():
