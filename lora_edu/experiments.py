@@ -158,6 +158,12 @@ class SequenceTasks:
         A = self.alphabet_size
         if isinstance(k, bool) or not isinstance(k, int) or not 2 <= k <= A:
             raise ValueError(f"k must be an int from 2 to {A}, got {k!r}.")
+        if (A, k) not in _REMAP_CACHE:                  # the search below takes milliseconds: do it once
+            _REMAP_CACHE[(A, k)] = self._remap_search(k)
+        return _REMAP_CACHE[(A, k)].clone()
+
+    def _remap_search(self, k: int) -> torch.Tensor:
+        A = self.alphabet_size
         rng = random.Random(REMAP_SEED)
         for _ in range(1000):
             order = list(range(A))
@@ -234,6 +240,7 @@ class SequenceTasks:
         return " ".join(words)
 
 
+_REMAP_CACHE: dict[tuple[int, int], torch.Tensor] = {}
 TASKS = SequenceTasks()
 KNOWN_TASKS: tuple[str, ...] = tuple(dict.fromkeys(PRETRAIN_TASKS + DOWNSTREAM_TASKS))
 
@@ -530,10 +537,11 @@ def method_label(method: str, r: int | None = None, rank_stabilized: bool = Fals
 
 
 def init_seed(*parts: Any) -> int:
-    """A seed of its own for every run: a stable hash of ``parts`` (task, method label, seed, ...).
+    """A seed of its own for every run: a stable hash of ``parts`` (task, method label, seed).
 
-    Two runs that differ in anything (rank, method, task, seed) start from independent random draws, so no
-    adapter shares the first rows of its A with another one at initialisation.
+    Two runs that differ in rank, method, task or seed start from independent random draws, so no adapter
+    shares the first rows of its A with another one at initialisation. (The learning rates swept for one
+    method and seed share its draw: a paired comparison of the rates.)
     """
     return zlib.crc32("|".join(map(str, parts)).encode()) & 0x7FFFFFFF
 
