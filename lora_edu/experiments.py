@@ -756,7 +756,8 @@ def _singular_values(values: Any) -> np.ndarray:
 
 
 def energy_fraction(singular_values: Any, k: int) -> float:
-    """The share of ``||M||_F² = Σ σ_i²`` held by the top ``k`` singular values: ``Σ_{i<=k} σ_i² / Σ σ_i²``."""
+    """The share of ``||M||_F² = Σ σ_i²`` held by the top ``k`` singular values: ``Σ_{i<=k} σ_i² / Σ σ_i²``.
+    """
     s = _singular_values(singular_values)
     k = _check_positive_int(k, "k")
     if k > s.size:
@@ -940,7 +941,8 @@ class Run:
         if self.task != CONTINUED:
             _check_task(self.task)
         elif self.method != "full":
-            raise ValueError(f"continued pretraining (task={CONTINUED!r}) trains with method='full', not {self.method!r}.")
+            raise ValueError(f"continued pretraining (task={CONTINUED!r}) trains with method='full', "
+                             f"not {self.method!r}.")
         _lora_options(self.method, self.r, None, self.target_modules, self.rank_stabilized)
 
     @property
@@ -1640,8 +1642,8 @@ def grid_summary(record: Mapping[str, Any], threshold: float = 99.0, rs_ranks: S
             k90["from scratch"] = mean_k90(scratch["spectra"])
         phi = {}
         for slot, p in entry.get("phi", {}).items():
-            phi[slot] = {kind: float(np.mean([d[0] for d in p[kind]["diag"]]))
-                         for kind in ("r8_vs_r64", "init_r8_vs_r64", "r8_seed_to_seed", "r64_seed_to_seed") if kind in p}
+            kinds = ("r8_vs_r64", "init_r8_vs_r64", "r8_seed_to_seed", "r64_seed_to_seed")
+            phi[slot] = {kind: float(np.mean([d[0] for d in p[kind]["diag"]])) for kind in kinds if kind in p}
             phi[slot]["new_token_r8"] = float(np.mean([v[0] for v in p["new_token"]["r8"]]))
             phi[slot]["new_token_r8_init"] = float(np.mean([v[0] for v in p["new_token"]["r8_init"]]))
             if "full" in p["new_token"]:
@@ -1684,7 +1686,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     g = sub.add_parser("grid", help="the whole grid of chapter 06 (minutes on a GPU, hours on a CPU); writes JSON")
     g.add_argument("--out", type=Path, required=True)
     g.add_argument("--smoke", action="store_true", help="a few steps of a few settings (seconds, for testing)")
-    g.add_argument("--tasks", default=None, help=f"comma-separated tasks (default: all of {','.join(DOWNSTREAM_TASKS)})")
+    g.add_argument("--tasks", default=None,
+                   help=f"comma-separated tasks (default: all of {','.join(DOWNSTREAM_TASKS)})")
     g.add_argument("--seeds", type=int, default=None, help="how many seeds (default 5)")
     g.add_argument("--steps", type=int, default=None, help="fine-tuning steps per run (default 200)")
     g.add_argument("--budget-s", type=float, default=1e9, help="start no task's group after this many seconds")

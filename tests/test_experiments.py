@@ -605,3 +605,75 @@ def test_the_grid_trainer_on_cuda_matches_the_cpu(base):
     base.to("cpu")
     for a, b in zip(cpu, gpu):
         assert a["test_loss"] == pytest.approx(b["test_loss"], rel=1e-3)
+
+
+# --------------------------------------------------------------------------- the recorded grid and chapter 06's prose
+
+
+@pytest.fixture(scope="module")
+def recorded():
+    from lora_edu.results import load_result
+
+    record = load_result("finetune_nvidia-h200.json")
+    return record, E.grid_summary(record)
+
+
+def test_recorded_grid_is_complete_where_it_ran(recorded):
+    record, summary = recorded
+    assert record["gpu"] == "NVIDIA H200" and not record["errors"] and record["finished"]
+    assert {"driver", "sm_clock_mhz", "power_w"} <= set(record["machine_start"])
+    assert {"torch", "cuda", "numpy"} <= set(record["versions"])
+    assert set(record["tasks"]) | set(record["skipped"]) == set(E.DOWNSTREAM_TASKS)
+    assert set(record["scratch"]) == set(E.DOWNSTREAM_TASKS)
+    for task, s in summary.items():
+        assert len(s["methods"]) == len(E.GRID_CONFIGS)
+        assert all(m["n"] == 5 for m in s["methods"].values())                     # five seeds everywhere
+        assert len(record["tasks"][task]["runs"]) == 380
+
+
+def test_chapter_06_findings_hold_in_the_recorded_grid(recorded):
+    """What the chapter's prose says about the recorded grid, checked against the JSON it reads."""
+    record, S = recorded
+    near, far, swap = S["reverse+1"], S["remap-16"], S["swap+1"]
+    m = {t: S[t]["methods"] for t in S}
+    # LoRA matches full fine-tuning on the near task; the soft prompt never works; the head solves the symbol tasks
+    assert min(m["reverse+1"]["LoRA r=8"]["em"], m["reverse+1"]["full"]["em"]) >= 99
+    assert all(m[t]["embedding row"]["em"] < 5 for t in S)
+    assert m["reverse+1"]["head"]["em"] >= 99 and m["remap-16"]["head"]["em"] >= 99 and m["swap+1"]["head"]["em"] < 5
+    assert all(m[t]["LoRA-FA r=8"]["em"] < m[t]["LoRA r=8"]["em"] for t in S)
+    # full fine-tuning is not a ceiling on swap+1 (its best rate inside the sweep)
+    assert not m["swap+1"]["full"]["edge"]
+    assert m["swap+1"]["full"]["em"] < m["swap+1"]["LoRA r=8"]["em"] < m["swap+1"]["rsLoRA r=16"]["em"]
+    assert m["reverse+1"]["full"]["edge"] and m["remap-16"]["full"]["edge"]
+    # the rank a task needs grows with distance
+    assert near["rank_needed"] == 2 and far["rank_needed"] is None and swap["rank_needed"] is None
+    rs = {t: min((r for r in (4, 8, 16, 64) if m[t][f"rsLoRA r={r}"]["em"] >= 99), default=None) for t in S}
+    assert rs == {"reverse+1": 4, "remap-16": 64, "swap+1": 16}
+    k = {t: S[t]["truncation_needed"]["full, frozen embeddings"]["reset"] for t in S}
+    assert k == {"reverse+1": 8, "remap-16": 8, "swap+1": None}
+    # low rank against the nulls
+    for t in S:
+        k90 = {c: np.mean(v) for c, v in S[t]["k90"].items()}
+        assert k90["full"] < k90["continued pretraining"] and k90["full"] < k90["from scratch"]
+        assert k90["continued pretraining"] < 32 and k90["LoRA r=64"] < 3
+        assert S[t]["truncation"]["full"]["keep"][8] >= 99 or t == "swap+1"
+        assert S[t]["truncation"]["full"]["reset"][64] < 10
+    # φ: far above chance after training, at chance at initialisation, comparable to seed-to-seed
+    chance = 1 / 64
+    rows = [p for t in S for p in S[t]["phi"].values()]
+    assert all(p["r8_vs_r64"] > 5 * chance and p["init_r8_vs_r64"] < 3 * chance for p in rows)
+    between = sum(p["r8_seed_to_seed"] <= p["r8_vs_r64"] <= p["r64_seed_to_seed"] for p in rows)
+    assert between >= 0.75 * len(rows)                   # between the two seed-to-seed references
+    assert all(p["new_token_r8"] < 0.15 for p in near["phi"].values())
+    assert max(p["new_token_full"] for n, p in near["phi"].items() if "v_proj" in n) > 0.5
+    # rsLoRA across ranks: same on the near task, better at r = 64 on the far ones even at each rank's best rate
+    for t in ("remap-16", "swap+1"):
+        a, b = S[t]["scaling"]["alpha/r"], S[t]["scaling"]["alpha/sqrt(r)"]
+        assert all(b["val_loss"][r] < a["val_loss"][r] for r in (16, 64))
+        assert b["best_val_loss"][64] < a["best_val_loss"][64] / 2
+    a, b = near["scaling"]["alpha/r"], near["scaling"]["alpha/sqrt(r)"]
+    assert all(abs(math.log(a["val_loss"][r] / b["val_loss"][r])) < 0.2 for r in (4, 8, 16, 64))
+    # placement: W_q alone is the weakest on the near task; single matrices fail on the far ones
+    assert m["reverse+1"]["LoRA r=16 on q"]["em"] < min(m["reverse+1"][p]["em"] for p in
+                                                        ("LoRA r=8", "LoRA r=16 on v", "LoRA r=8 all linear"))
+    assert all(m[t][p]["em"] < 5 for t in ("remap-16", "swap+1") for p in ("LoRA r=16 on q", "LoRA r=16 on v"))
