@@ -37,8 +37,9 @@ token accuracy, and the held-out cross-entropy loss, which has no ceiling.
 ``"full_frozen_emb"`` (embeddings frozen), ``"embedding"`` (only the new instruction token's row: a
 64-number soft prompt), ``"bias_ln"`` (biases and LayerNorms), ``"head"`` (``lm_head`` only), ``"lora"``
 (``lora_edu.lora.apply_lora``), ``"lora_fa"`` (LoRA with A frozen at its random start: B only) and
-``"scratch"`` (a freshly initialised model: a null, not a competitor). Every run draws its adapter or
-initialisation from its own seed (:func:`init_seed`), so no two runs share initial values.
+``"scratch"`` (a freshly initialised model: a null, not a competitor). Every setting draws its adapter or
+initialisation from its own seed (:func:`init_seed`), so no two settings share initial values (the learning
+rates swept for one setting and seed do: a paired comparison).
 
 **Analysis**: :func:`weight_updates` (ΔW per matrix), :func:`energy_fraction`, :func:`directions_for`,
 :func:`phi_grid` (the LoRA paper's subspace similarity, Figure 3), :func:`input_directions` (what the new
@@ -53,8 +54,8 @@ held-out loss, and the nulls computed. It writes JSON that chapter 06 reads (:fu
 **Command line**::
 
     python -m lora_edu.experiments pretrain                       # rebuild the shipped checkpoint (CPU)
-    python -m lora_edu.experiments grid --out benchmarks/results/finetune_<gpu>.json   # GPU: ~2-4 min
-    python -m lora_edu.experiments grid --smoke --out /tmp/smoke.json                  # seconds, any CPU
+    python -m lora_edu.experiments grid --out benchmarks/results/finetune_<gpu>.json   # minutes on a GPU
+    python -m lora_edu.experiments grid --smoke --out /tmp/smoke.json                  # a minute, any CPU
 """
 from __future__ import annotations
 

@@ -211,7 +211,6 @@ def test_prepare_trains_what_each_method_says(base):
     assert not torch.equal(scratch.blocks[0].attn.q_proj.weight, base.blocks[0].attn.q_proj.weight)
     again, _ = E.prepare("scratch", base, seed=3)
     assert states_equal(scratch.state_dict(), again.state_dict())
-    assert not any(p.requires_grad for p in base.parameters()) or True                # base untouched below
     before = {k: v.clone() for k, v in base.state_dict().items()}
     E.prepare("lora", base, r=8)
     assert states_equal(base.state_dict(), before)
@@ -568,7 +567,7 @@ def test_grid_records_a_failing_group_and_goes_on(tmp_path, base, monkeypatch):
     real = E.train_runs
 
     def flaky(runs, *args, **kwargs):
-        if runs[0].task == "reverse+1":
+        if runs[0].task == "reverse+1" and runs[0].method != "scratch":
             raise RuntimeError("CUDA out of memory (simulated)")
         return real(runs, *args, **kwargs)
 
@@ -598,11 +597,12 @@ def test_finetune_on_cuda_measures_peak_memory(base):
 
 @pytest.mark.gpu
 def test_the_grid_trainer_on_cuda_matches_the_cpu(base):
+    import copy
+
     runs = RUNS[:3]
     cpu, _ = E.train_runs(runs, base, steps=3, eval_every=3, val_size=20, test_size=40, progress=False)
-    gpu, _ = E.train_runs(runs, base.to("cuda"), steps=3, eval_every=3, val_size=20, test_size=40, device="cuda",
-                          progress=False)
-    base.to("cpu")
+    gpu, _ = E.train_runs(runs, copy.deepcopy(base).to("cuda"), steps=3, eval_every=3, val_size=20, test_size=40,
+                          device="cuda", progress=False)
     for a, b in zip(cpu, gpu):
         assert a["test_loss"] == pytest.approx(b["test_loss"], rel=1e-3)
 
