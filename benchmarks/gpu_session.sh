@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # What the course's maintainers run on a GPU machine (an H200 for the recorded results), in two parts:
 #
-#   benchmarks/gpu_session.sh sweep OUT_DIR   chapter 06's larger configuration
-#                                             (python -m lora_edu.experiments gpu-sweep), JSON into OUT_DIR
+#   benchmarks/gpu_session.sh sweep OUT_DIR   chapter 06's grid (python -m lora_edu.experiments grid): every
+#                                             task x method x learning rate x seed, JSON into OUT_DIR
+#                                             (BUDGET_S: start no new group after that many seconds;
+#                                             GRID_ARGS: more options, e.g. "--smoke --device cpu" for a dry run)
 #   benchmarks/gpu_session.sh check OUT_DIR   the `-m gpu` tests, then chapters 05-07 executed with
 #                                             LORA_EDU_DEVICE=cuda (executed copies and timings into OUT_DIR);
 #                                             NOTEBOOKS="notebooks/07_*.ipynb" picks fewer chapters
@@ -25,9 +27,11 @@ python3 -c "import torch, sys; print('python', sys.version.split()[0], 'torch', 
 
 case "$part" in
 sweep)
-    gpu=$(python3 -c "import torch, re; print(re.sub(r'[^a-z0-9]+', '-', torch.cuda.get_device_name(0).lower()).strip('-'))")
-    python3 -m lora_edu.experiments gpu-sweep --out "$out/finetune_${gpu}.json" --budget-s "${BUDGET_S:-300}" \
-        2>&1 | tee "$out/sweep.log"
+    gpu=$(python3 -c "import torch, re; print(re.sub(r'[^a-z0-9]+', '-', torch.cuda.get_device_name(0).lower()).strip('-')
+                     if torch.cuda.is_available() else 'cpu')")
+    # shellcheck disable=SC2086  # GRID_ARGS is a list of options
+    python3 -m lora_edu.experiments grid --out "$out/finetune_${gpu}.json" --budget-s "${BUDGET_S:-300}" \
+        --no-progress ${GRID_ARGS:-} 2>&1 | tee "$out/sweep.log"
     ;;
 check)
     status=0

@@ -22,6 +22,11 @@ Module names (what ``apply_lora(model, target_modules=...)`` matches):
 ``blocks.{i}.attn.q_proj``, ``.k_proj``, ``.v_proj``, ``.o_proj``, ``blocks.{i}.mlp.fc1``, ``.fc2`` and
 ``lm_head``. With ``tie_embeddings=True`` (as GPT-2) ``lm_head.weight`` *is* ``tok_emb.weight``.
 
+Attention is computed by PyTorch's fused ``scaled_dot_product_attention`` (``Attention.impl = "sdpa"``, the
+default) or by the formula written out (``"math"``: ``softmax(q kᵀ / sqrt(Dh) + mask) v``), which
+``torch.func.vmap`` can batch over many models at once (``lora_edu.experiments`` trains whole grids that
+way). :func:`set_attention` switches every block of a model.
+
 Example::
 
     >>> import torch
@@ -41,9 +46,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["TransformerConfig", "Transformer", "Attention", "MLP", "Block", "linear_names"]
+__all__ = ["TransformerConfig", "Transformer", "Attention", "MLP", "Block", "linear_names", "set_attention"]
 
 _ACTIVATIONS = ("gelu", "gelu_tanh", "relu")
+_ATTENTION_IMPLS = ("sdpa", "math")
 
 
 @dataclass(frozen=True)
@@ -126,13 +132,19 @@ class TransformerConfig:
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with separate ``q_proj``, ``k_proj``, ``v_proj``, ``o_proj`` (each D -> D)."""
+    """Multi-head self-attention with separate ``q_proj``, ``k_proj``, ``v_proj``, ``o_proj`` (each D -> D).
+
+    ``impl`` chooses how the attention weights are computed (same function, float rounding apart):
+    ``"sdpa"`` (default) PyTorch's fused kernel; ``"math"`` the formula itself, which ``torch.func.vmap``
+    batches (the fused kernel has no batching rule on every device).
+    """
 
     def __init__(self, cfg: TransformerConfig) -> None:
         super().__init__()
         d = cfg.d_model
         self.n_heads, self.head_dim, self.causal = cfg.n_heads, cfg.head_dim, cfg.causal
         self.dropout = cfg.dropout
+        self.impl = "sdpa"
         self.q_proj = nn.Linear(d, d, bias=cfg.bias)
         self.k_proj = nn.Linear(d, d, bias=cfg.bias)
         self.v_proj = nn.Linear(d, d, bias=cfg.bias)
@@ -147,9 +159,18 @@ class Attention(nn.Module):
         """x: (B, T, D) -> (B, T, D)."""
         b, t, d = x.shape
         q, k, v = self._split(self.q_proj(x)), self._split(self.k_proj(x)), self._split(self.v_proj(x))
-        # softmax(q kᵀ / sqrt(Dh) + mask) v, computed by PyTorch's fused kernel where there is one
-        out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal,
-                                             dropout_p=self.dropout if self.training else 0.0)
+        p = self.dropout if self.training else 0.0
+        if self.impl == "sdpa":   # softmax(q kᵀ / sqrt(Dh) [+ causal mask]) v in PyTorch's fused kernel
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal, dropout_p=p)
+        else:                     # the same formula, step by step
+            scores = q @ k.transpose(-2, -1) / math.sqrt(self.head_dim)          # (B, H, T, T)
+            if self.causal:
+                future = torch.ones(t, t, dtype=torch.bool, device=x.device).triu(1)
+                scores = scores.masked_fill(future, float("-inf"))
+            weights = scores.softmax(dim=-1)
+            if p > 0:
+                weights = F.dropout(weights, p=p)
+            out = weights @ v                                                      # (B, H, T, Dh)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, d))
 
 
@@ -245,3 +266,13 @@ class Transformer(nn.Module):
 def linear_names(model: nn.Module) -> list[str]:
     """The names of every ``nn.Linear`` in ``model`` (what LoRA's ``target_modules`` can name)."""
     return [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+
+
+def set_attention(model: nn.Module, impl: str) -> nn.Module:
+    """Set ``impl`` (``"sdpa"`` or ``"math"``) on every :class:`Attention` of ``model``; returns the model."""
+    if impl not in _ATTENTION_IMPLS:
+        raise ValueError(f"impl must be one of {_ATTENTION_IMPLS}, got {impl!r}.")
+    for module in model.modules():
+        if isinstance(module, Attention):
+            module.impl = impl
+    return model

@@ -121,3 +121,37 @@ def test_bad_tokens_are_clear_errors():
         model(torch.zeros(12, dtype=torch.long))
     with pytest.raises(TypeError, match="integer torch tensor"):
         model(torch.zeros(1, 5))
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_math_attention_matches_the_fused_kernel(causal):
+    """impl="math" writes softmax(q kᵀ / sqrt(Dh) + mask) v out; it must give PyTorch's fused kernel's result."""
+    from lora_edu.transformer import set_attention
+
+    torch.manual_seed(0)
+    model = Transformer(small(causal=causal)).eval()
+    tokens = torch.randint(0, 29, (3, 12))
+    with torch.no_grad():
+        fused = model(tokens)
+        assert set_attention(model, "math") is model
+        assert all(m.impl == "math" for m in model.modules() if m.__class__.__name__ == "Attention")
+        written_out = model(tokens)
+    torch.testing.assert_close(written_out, fused, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="impl must be one of"):
+        set_attention(model, "flash")
+
+
+def test_math_attention_runs_under_vmap():
+    """Many models' weights stacked, one functional_call under torch.func.vmap (what the grid trainer does)."""
+    from lora_edu.transformer import set_attention
+
+    torch.manual_seed(0)
+    models = [Transformer(small()) for _ in range(3)]
+    template = set_attention(Transformer(small()), "math").eval()
+    stacked = {n: torch.stack([dict(m.named_parameters())[n].detach() for m in models])
+               for n, _ in template.named_parameters()}
+    tokens = torch.randint(0, 29, (3, 2, 12))
+    out = torch.func.vmap(lambda p, t: torch.func.functional_call(template, p, (t,)))(stacked, tokens)
+    for i, m in enumerate(models):
+        with torch.no_grad():
+            torch.testing.assert_close(out[i], m.eval()(tokens[i]), rtol=1e-5, atol=1e-5)

@@ -2,7 +2,8 @@
 
 Each check computes the right answer itself (with :mod:`lora_edu.experiments`, :mod:`lora_edu.lowrank` or
 plain NumPy/torch) and recognises the usual slips: a forgotten ``mod``, singular values not squared, φ
-divided by the wrong size, ``alpha`` instead of ``alpha / r``, ``A`` counted without ``B``, ...
+divided by the wrong size, ``alpha`` instead of ``alpha / r``, ``A`` counted without ``B``, a population
+standard deviation or the normal's 1.96 in a confidence interval over five seeds, ...
 """
 from __future__ import annotations
 
@@ -158,31 +159,75 @@ def check_adapter_data_bytes(value: Any, cfg: Any, r: int, targets: Sequence[str
     passed(f"{trainable:,} float32 values × 4 bytes = {expected:,} bytes (the file adds a small JSON header).")
 
 
-# --------------------------------------------------------------------------- section 3: the rank sweep
+# --------------------------------------------------------------------------- seeds and intervals
+
+
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
 @exercise
-def check_smallest_rank(answer: Any, scores: Mapping[int, float], full_score: float, tol: float = 1.0) -> None:
-    """The smallest r whose score is within ``tol`` points of full fine-tuning (``scores``: r -> %)."""
+def check_t_interval(fn: Callable) -> None:
+    """``fn(values)``: ``(mean, half_width)`` of the 95 % Student-t interval, sample std (ddof = 1)."""
+    _function(fn, "t_interval_95", "(values)")
+    for values in ([1.0, 2.0, 4.0, 3.0, 5.0], [-2.9, -3.1, -2.8, -3.0, -3.2], [10.0, 12.0, 11.0]):
+        x = np.asarray(values)
+        n = x.size
+        mean, sd, t = float(x.mean()), float(x.std(ddof=1)), _T975[n - 1]
+        expected = t * sd / math.sqrt(n)
+        got = _call(fn, "t_interval_95", list(values))
+        try:
+            got_mean, got_half = (float(v) for v in got)
+        except (TypeError, ValueError):
+            raise Feedback(f"`t_interval_95` should return two numbers (mean, half_width), not {got!r}.") from None
+        if not math.isclose(got_mean, mean, rel_tol=1e-6, abs_tol=1e-9):
+            raise Feedback(f"For {values} the mean is {mean:.4g}, you returned {got_mean:.4g}.")
+        if math.isclose(got_half, expected, rel_tol=1e-3):
+            continue
+        slips = [
+            (t * float(x.std(ddof=0)) / math.sqrt(n), "you used the population standard deviation (ddof=0); over a "
+                                                      "few seeds use the sample one, np.std(values, ddof=1)"),
+            (1.96 * sd / math.sqrt(n), f"1.96 is the normal distribution's quantile; with {n} seeds use Student's t "
+                                       f"with n - 1 = {n - 1} degrees of freedom ({t})"),
+            (t * sd, "that is t times the standard deviation of one seed: the interval of the *mean* divides by "
+                     "sqrt(n)"),
+            (sd / math.sqrt(n), "that is the standard error alone: multiply it by the t quantile"),
+            (t * sd / n, "divide by sqrt(n), not by n"),
+            (2 * expected, "that is the whole width; return the half-width (mean ± half_width)"),
+        ]
+        for wrong, message in slips:
+            if math.isclose(got_half, wrong, rel_tol=1e-3):
+                raise Feedback(f"For {values} you returned half-width {got_half:.4g}: {message}.")
+        raise Feedback(f"For {values} the half-width is t·s/sqrt(n) = {t}·{sd:.4g}/sqrt({n}) = {expected:.4g}, "
+                       f"you returned {got_half:.4g}.")
+    passed("mean ± t(0.975, n−1) · s / sqrt(n) with the sample s — with 5 seeds t = 2.776, not 1.96.")
+
+
+# --------------------------------------------------------------------------- the rank a task needs
+
+
+@exercise
+def check_smallest_rank(answer: Any, scores: Mapping[int, float], threshold: float = 99.0) -> None:
+    """The smallest r in ``scores`` (r -> mean exact match, %) whose score is at least ``threshold``."""
     require_answer(answer, "smallest_good_r")
-    good = sorted(r for r, s in scores.items() if s >= full_score - tol)
+    good = sorted(r for r, s in scores.items() if s >= threshold)
     if not good:
-        raise Feedback(f"No rank in {sorted(scores)} comes within {tol} points of full fine-tuning here, so there "
-                       "is no right answer to this run: tell your instructor.")
+        raise Feedback(f"No rank in {sorted(scores)} reaches {threshold}% here, so this exercise has no right "
+                       "answer for these numbers: tell your instructor.")
     expected = good[0]
-    if answer not in scores:
+    if isinstance(answer, bool) or answer not in scores:
         raise Feedback(f"`smallest_good_r` = {answer!r} is not one of the ranks tried: {sorted(scores)}.")
-    if answer == max(scores, key=lambda r: (scores[r], -r)) and answer != expected:
-        raise Feedback(f"r = {answer} has the best score, but a smaller rank is already within {tol} point(s) of "
-                       f"full fine-tuning ({full_score:.1f}%): the question is the *smallest* good r.")
+    best = max(scores, key=lambda r: (scores[r], -r))
+    if answer == best and answer != expected:
+        raise Feedback(f"r = {answer} has the best score, but a smaller rank already reaches {threshold}%: the "
+                       "question is the *smallest* r that does.")
     if answer > expected:
-        raise Feedback(f"r = {answer} is within {tol} point(s) of full fine-tuning, but a smaller r is too: look "
-                       "further up the table.")
+        raise Feedback(f"r = {answer} reaches {threshold}%, but a smaller r does too: look further up the table.")
     if answer < expected:
-        raise Feedback(f"r = {answer} scores {scores[answer]:.1f}%, more than {tol} point(s) below full "
-                       f"fine-tuning's {full_score:.1f}%.")
-    passed(f"r = {expected} is the smallest rank within {tol} point(s) of full fine-tuning "
-           f"({scores[expected]:.1f}% vs {full_score:.1f}%).")
+        raise Feedback(f"r = {answer} scores {scores[answer]:.1f}%, below {threshold}%.")
+    above = [r for r in scores if r > expected and scores[r] < threshold]
+    note = f" (and r = {above[0]} falls below it again: one seed's bad luck moves a mean of five)" if above else ""
+    passed(f"r = {expected} is the smallest rank with a mean of at least {threshold}% ({scores[expected]:.1f}%)"
+           f"{note}.")
 
 
 # --------------------------------------------------------------------------- section 4: energy of ΔW
