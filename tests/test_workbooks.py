@@ -17,7 +17,7 @@ Run All reaches the end). Names that a later cell takes from an exercise cell ar
 (``test_chapter_follows_the_workbook_conventions``), whatever state the run leaves them in.
 
 A known wrong answer is the course's own answer, changed: each starting-line name (``x = None``) is
-perturbed (a number + 1 or × 2 + 1, a string or a set extended, arrays × 2 + 1, ...), and each function
+perturbed (a number or an array × 2 + 1, a string or a set extended, ...), and each function
 the cell defines returns its result perturbed the same way. ``KNOWN_WRONG`` overrides that with a typical
 slip and the feedback it must get. The file tests run ``tools/workbooks.py`` as ``make workbooks`` does,
 on temporary folders.
@@ -158,6 +158,18 @@ def test_workbook_cells_are_what_a_learner_needs(name):
     assert next(cells, None) is None
 
 
+def test_stray_test_cells_and_markdown_answers_keep_nothing_secret():
+    nb = tiny_chapter()
+    stray = nbauthor.tests("assert 1 + 1 == 2\n### BEGIN HIDDEN TESTS\nassert secret()\n### END HIDDEN TESTS", "ch99-x")
+    stray.outputs = [nbformat.v4.new_output("stream", name="stdout", text="checked secret()")]
+    prose = nbauthor.md("Why? ### BEGIN SOLUTION\nBecause.\n### END SOLUTION", nbgrader={"solution": True})
+    nb.cells += [stray, prose]
+    wb = workbooks.make_workbook(nb, "99_tiny")
+    assert wb.cells[-2].source == "assert 1 + 1 == 2" and not wb.cells[-2].outputs
+    assert wb.cells[-2].metadata["editable"] is False and role(wb.cells[-2]) is None
+    assert "Because" not in wb.cells[-1].source and "*Your answer here.*" in wb.cells[-1].source
+
+
 def test_workbook_setup_adds_workbook_true_once():
     assert workbooks.workbook_setup("rng = setup_notebook(seed=0)  # seeds") == \
         "rng = setup_notebook(seed=0, workbook=True)  # seeds"
@@ -227,9 +239,7 @@ def _wb_perturb(value):
 
     if isinstance(value, bool):
         return not value
-    if isinstance(value, numbers.Integral):
-        return value + 1
-    if isinstance(value, numbers.Number):
+    if isinstance(value, numbers.Number):  # far enough off for a check with a relative tolerance
         changed = value * 2 + 1
         return changed if changed != value else value + 1
     if isinstance(value, str):
@@ -382,7 +392,14 @@ def execute_chapter(name: str, folder: Path) -> Run:
     with mock.patch.dict(os.environ, MAKE_ENV):
         client = SteadyClient(nb, timeout=600, kernel_name="python3", allow_errors=True, record_timing=False,
                               resources={"metadata": {"path": str(folder)}})
-        client.execute()
+        try:
+            client.execute()
+        except Exception as exc:  # noqa: BLE001 - a timeout: name the cell that was running
+            ran = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and c.get("execution_count")]
+            running = next((i for i, c in enumerate(nb.cells) if c.cell_type == "code" and i > max(ran, default=-1)
+                            and c.source.strip()), None)
+            where = _where(nb, running) if running is not None else "after the last cell"
+            raise RuntimeError(f"{exc} The cell running then: {where}") from exc
     run = Run(nb)
     for index, cell in enumerate(nb.cells):
         if cell.cell_type != "code":
@@ -420,40 +437,41 @@ def executed(tmp_path_factory):
     return get
 
 
+def _failing(run: Run, state: str, ok) -> list[str]:
+    """``exercise: output`` for each exercise whose check output in ``state`` does not satisfy ``ok``."""
+    outputs = getattr(run, state)
+    return [f"{grade_id}: {outputs.get(grade_id)!r}" for grade_id in run.order if not ok(grade_id, outputs.get(grade_id, ""))]
+
+
 @pytest.mark.slow
 @by_chapter
 def test_untouched_workbook_says_not_answered_and_shows_no_tick(name, executed):
     run = executed(name)
     assert run.order, f"{name} has no exercise"
-    for grade_id in run.order:
-        text = run.fresh[grade_id]
-        assert "⏳ Not answered yet" in text and "✅" not in text and "❌" not in text, (
-            f"{name}, exercise {grade_id}: an untouched workbook must print ⏳ Not answered yet and nothing else, "
-            f"but the check printed {text!r}. Does the check call require_answer() on the answer (and on what the "
-            "learner's function returns), and let NotImplementedError through instead of catching it?")
+    bad = _failing(run, "fresh", lambda _, text: "⏳ Not answered yet" in text and "✅" not in text and "❌" not in text)
+    assert not bad, (f"{name}: in an untouched workbook each check must print ⏳ Not answered yet and nothing else. "
+                     "Does the check call require_answer() on the answer (and on what the learner's function "
+                     "returns), and let NotImplementedError through instead of catching it?\n  " + "\n  ".join(bad))
 
 
 @pytest.mark.slow
 @by_chapter
 def test_the_course_solutions_pass_in_the_workbook(name, executed):
-    run = executed(name)
-    for grade_id in run.order:
-        text = run.right[grade_id]
-        assert "✅" in text and "❌" not in text and "⏳" not in text, \
-            f"{name}, exercise {grade_id}: the solution from notebooks/ should pass, the check printed {text!r}"
+    bad = _failing(executed(name), "right", lambda _, text: "✅" in text and "❌" not in text and "⏳" not in text)
+    assert not bad, f"{name}: the solutions from notebooks/ should pass their checks:\n  " + "\n  ".join(bad)
 
 
 @pytest.mark.slow
 @by_chapter
 def test_known_wrong_answers_get_their_feedback(name, executed):
-    run = executed(name)
-    for grade_id in run.order:
-        text = run.wrong[grade_id]
-        assert text.startswith("❌ ") and "✅" not in text and len(text.split()) > 4, (
-            f"{name}, exercise {grade_id}: a wrong answer should get ❌ and a message, the check printed {text!r}. "
-            "If the generated wrong answer happens to be right, add a typical slip to KNOWN_WRONG.")
-        if grade_id in KNOWN_WRONG:
-            assert KNOWN_WRONG[grade_id][1] in " ".join(text.split())
+    def ok(grade_id: str, text: str) -> bool:
+        hint = KNOWN_WRONG.get(grade_id, ("", ""))[1]
+        return text.startswith("❌ ") and "✅" not in text and len(text.split()) > 4 and hint in " ".join(text.split())
+
+    bad = _failing(executed(name), "wrong", ok)
+    assert not bad, (f"{name}: a wrong answer should get ❌ and a message (and, in KNOWN_WRONG, its hint). Where "
+                     "the generated wrong answer happens to pass, add a typical slip to KNOWN_WRONG:\n  "
+                     + "\n  ".join(bad))
 
 
 @pytest.mark.slow
@@ -481,6 +499,7 @@ def test_perturbed_answers_differ_from_the_answers():
     np = pytest.importorskip("numpy")
     for value in (0, 3, -1, 1.0, 0.0, -1.0, "plane", (1, 2), [0.5], {"P", "Q"}, True):
         assert _wb_perturb(value) != value
+    assert _wb_perturb(134217728) == 268435457, "far off, even for a check with a relative tolerance"
     assert not np.allclose(_wb_perturb(np.eye(2)), np.eye(2))
     assert isinstance(_wb_perturb(type), _WbWrongAnswer)
     assert _wb_wrong_function(lambda x: 2 * x)(3) == 7

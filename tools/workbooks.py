@@ -145,21 +145,23 @@ def make_workbook(nb, chapter: str):
             cells.append(cell)
             pending = solution
             continue
-        if is_test(cell) and pending is not None:
-            grade_id = cell.metadata["nbgrader"]["grade_id"]
+        if is_test(cell):  # without its hidden tests, locked, no output (which could show what they checked)
             cell.source = replace_regions(cell.source, HIDDEN_TESTS, lambda indent, body: []).rstrip("\n")
             _clear(cell)
-            del cell.metadata["nbgrader"]
             cell.metadata.update(editable=False, deletable=False)
-            _role(cell, progress.CHECK, pending.metadata[progress.KEY]["exercise"], number)
-            cells += [cell, pending]
-            pending = None
+            cells.append(cell)
+            if pending is not None:
+                _role(cell, progress.CHECK, pending.metadata[progress.KEY]["exercise"], number)
+                cells.append(pending)
+                pending = None
             continue
+        if cell.cell_type == "markdown" and cell.metadata.get("nbgrader", {}).get("solution"):
+            cell.source = replace_regions(cell.source, SOLUTION, lambda indent, body: ["*Your answer here.*"])
         cells.append(cell)
     if pending is not None:
         cells.append(pending)
     for cell in cells:
-        cell.metadata.pop("nbgrader", None)  # a workbook is no nbgrader notebook (e.g. a stray test cell)
+        cell.metadata.pop("nbgrader", None)  # a workbook is no nbgrader notebook
     wb.cells = cells
     wb.metadata[progress.KEY] = {progress.WORKBOOK: {
         "chapter": chapter, "source": f"notebooks/{chapter}.ipynb", "source_digest": source_digest(nb),
