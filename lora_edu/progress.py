@@ -10,7 +10,8 @@ check cell, as JupyterLab last saved them — and runs nothing::
 
 The state of one exercise is read from the last saved output of its check cell: a line starting
 with ``❌`` (or an error) means wrong, otherwise ``⏳`` means not answered yet, otherwise ``✅``
-means done; a check cell that was never run counts as not tried. A workbook that cannot be read
+means done; a check cell that was never run (or was deleted) counts as not tried, and of two copies of
+a check cell the later one counts. A workbook that cannot be read
 (a broken save, not JSON) is reported by name, never with a traceback.
 
 The metadata written by ``tools/workbooks.py`` and read here (the one place that defines it):
@@ -103,10 +104,15 @@ def read_progress(path: str | Path) -> ChapterProgress:
     if not is_workbook(nb):
         result.problem = NOT_A_WORKBOOK
         return result
+    states: dict[str, str] = {}  # exercise -> state, in the chapter's order
     for cell in nb["cells"]:
         meta = cell.get("metadata", {}).get(KEY, {}) if isinstance(cell, dict) else {}
-        if isinstance(meta, dict) and meta.get("role") == CHECK:
-            result.marks.append(check_state(cell))
+        if not isinstance(meta, dict) or "exercise" not in meta:
+            continue
+        states.setdefault(str(meta["exercise"]), TODO)  # an exercise whose check cell was deleted: not done
+        if meta.get("role") == CHECK:  # a copied check cell: the last one counts
+            states[str(meta["exercise"])] = check_state(cell)
+    result.marks = list(states.values())
     return result
 
 

@@ -1,11 +1,11 @@
 """Every notebook, run the way a learner runs it: JupyterLab in a real (headless) Chromium.
 
 One JupyterLab server for the whole session, started like ``make lab`` does (``tools/lab.py``'s
-:func:`lab_command`: 127.0.0.1, its own free port, a token, a fresh workspaces directory). For each
-numbered notebook (``notebooks/[0-9][0-9]_*.ipynb``, so new chapters are covered automatically) the test
-opens it at ``/lab/workspaces/<name>/tree/<notebook>``, waits for the kernel to be attached, connected
-and idle, clears the stored outputs, runs every cell through the Run menu ("Run All Cells"), waits until
-the kernel is idle and no cell is pending, and then checks:
+:func:`lab_command`: 127.0.0.1, its own free port, a token, a fresh workspaces directory, the repository
+as root). For each numbered notebook (``notebooks/[0-9][0-9]_*.ipynb``, so new chapters are covered
+automatically) the test opens it at ``/lab/workspaces/<name>/tree/notebooks/<notebook>``, waits for the
+kernel to be attached, connected and idle, clears the stored outputs, runs every cell through the Run menu
+("Run All Cells"), waits until the kernel is idle and no cell is pending, and then checks:
 
 - no error output anywhere — in a cell, or inside a widget's Output area — naming the notebook and cell;
 - every cell that stores a figure in the ``.ipynb`` shows one in the browser (a loaded ``<img>``);

@@ -502,7 +502,7 @@ def test_perturbed_answers_differ_from_the_answers():
     assert _wb_perturb(134217728) == 268435457, "far off, even for a check with a relative tolerance"
     assert not np.allclose(_wb_perturb(np.eye(2)), np.eye(2))
     assert isinstance(_wb_perturb(type), _WbWrongAnswer)
-    assert _wb_wrong_function(lambda x: 2 * x)(3) == 7
+    assert _wb_wrong_function(lambda x: 2 * x)(3) == 13
 
 
 # ---------------------------------------------------------------------------------------------
@@ -554,7 +554,7 @@ def test_make_workbooks_writes_each_chapter_once_and_keeps_a_learners_edit(cours
 @pytest.mark.skipif(len(CHAPTERS) < 2, reason="needs two chapters")
 def test_a_changed_chapter_is_reported_and_reset_keeps_a_backup(course):
     notebooks, folder = course
-    tool("--notebooks", str(notebooks), "--workbook", str(folder))
+    workbooks.update(notebooks, folder, out=lambda line: None)
     changed, same = CHAPTERS[1], CHAPTERS[0]
     answer(folder / changed.name, "# my answer to keep")
     mine = (folder / changed.name).read_bytes()
@@ -587,7 +587,7 @@ def test_a_changed_chapter_is_reported_and_reset_keeps_a_backup(course):
 
 def test_reset_never_overwrites_a_backup_and_checks_every_name_first(course):
     notebooks, folder = course
-    tool("--notebooks", str(notebooks), "--workbook", str(folder))
+    workbooks.update(notebooks, folder, out=lambda line: None)
     now = dt.datetime(2030, 1, 2, 3, 4, 5)
     quiet = dict(out=lambda line: None)
     first = workbooks.reset(["00"], notebooks, folder, now=now, **quiet)
@@ -610,7 +610,7 @@ def test_find_chapter_understands_what_a_learner_types():
 
 def test_a_broken_workbook_is_named_not_a_traceback(course):
     notebooks, folder = course
-    tool("--notebooks", str(notebooks), "--workbook", str(folder))
+    workbooks.update(notebooks, folder, out=lambda line: None)
     broken = folder / CHAPTERS[0].name
     broken.write_text('{"cells": [')
     result = tool("--notebooks", str(notebooks), "--workbook", str(folder))
@@ -665,6 +665,18 @@ def test_progress_table_counts_each_chapter(tmp_path):
     assert re.search(r"^  99_second\s+0/2\s+0\s+2\s+⏳ ⏳$", report, re.M), report
     assert re.search(r"^  all chapters\s+1/4\s+1\s+2$", report, re.M), "backups are not counted: " + report
     assert str(tmp_path) not in report
+
+
+def test_progress_counts_each_exercise_once_even_after_a_learner_edits_the_cells(tmp_path):
+    wb = _with_outputs(workbooks.make_workbook(tiny_chapter(), "99_tiny"), ["❌ no\n", "✅ Correct: yes\n"])
+    checks = [i for i, c in enumerate(wb.cells) if role(c) == "check"]
+    copy = nbformat.from_dict(wb.cells[checks[0]])
+    copy.id = "copied-by-the-learner"
+    copy.outputs = [nbformat.v4.new_output("stream", name="stdout", text="✅ Correct: now right\n")]
+    wb.cells.insert(checks[0] + 1, copy)  # the learner copied the first check and ran it again
+    del wb.cells[checks[1] + 1]  # ... and deleted the second check cell
+    nbformat.write(wb, tmp_path / "99_tiny.ipynb")
+    assert progress.read_progress(tmp_path / "99_tiny.ipynb").marks == [progress.DONE, progress.TODO]
 
 
 def test_progress_says_what_to_do_where_there_are_no_workbooks(tmp_path, capsys, monkeypatch):
