@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import ast
 import datetime as dt
-import json
+import inspect
 import os
 import re
 import shutil
@@ -342,7 +342,7 @@ def probe_notebook(wb, nb):
     for cell in wb.cells:
         cells.append(cell)
         if not helpers_in and cell.cell_type == "code" and "workbook=True" in cell.source:
-            helpers = "\n\n".join(textwrap.dedent(__import__("inspect").getsource(f)) for f in PROBE_HELPERS)
+            helpers = "\n\n".join(textwrap.dedent(inspect.getsource(f)) for f in PROBE_HELPERS)
             cells.append(_probe(helpers, "helpers"))
             helpers_in = True
         if role(cell) == "exercise":
@@ -547,7 +547,7 @@ def test_make_workbooks_writes_each_chapter_once_and_keeps_a_learners_edit(cours
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before, "an existing workbook is never rewritten"
     (folder / CHAPTERS[1].name).unlink()  # a learner deletes one: the next run brings it back, the other stays
     third = tool("--notebooks", str(notebooks), "--workbook", str(folder))
-    assert f"Wrote 1 new workbook in" in third.stdout and (folder / CHAPTERS[1].name).exists()
+    assert "Wrote 1 new workbook in" in third.stdout and (folder / CHAPTERS[1].name).exists()
     assert (folder / CHAPTERS[0].name).read_bytes() == before[CHAPTERS[0].name]
 
 
