@@ -64,8 +64,9 @@ lab: venv
 workbooks: venv
 	$(BIN)/python tools/workbooks.py
 
-reset-workbook: venv
+reset-workbook:
 	@test -n "$(NB)" || { echo 'say which chapter: make reset-workbook NB=01'; exit 2; }
+	@$(MAKE) --no-print-directory venv
 	$(BIN)/python tools/workbooks.py --reset $(NB)
 
 progress: venv
