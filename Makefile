@@ -26,10 +26,13 @@ export PYDEVD_DISABLE_FILE_VALIDATION := 1
 NBVAL_FLAGS := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
                --nbval-cell-timeout=300
 
-.PHONY: help venv lab test unit nbval notebooks lint clean lock student
+.PHONY: help venv lab workbooks reset-workbook progress test unit nbval notebooks lint clean lock student
 
 help:
 	@echo "make lab        open the course in JupyterLab (PORT=$(PORT), LAB_ARGS=--no-browser ...)"
+	@echo "make workbooks  write your own copy of each chapter to workbook/ (never overwrites one)"
+	@echo "make reset-workbook NB=01   back up workbook/01_*.ipynb to workbook/backups/, write a fresh one"
+	@echo "make progress   your exercises per chapter: done, wrong, not tried (read from workbook/)"
 	@echo "make test       run the whole test suite"
 	@echo "make unit       unit tests only (no notebooks)"
 	@echo "make nbval      execute every notebook and compare with its stored outputs (NB=path to pick one)"
@@ -38,7 +41,7 @@ help:
 	@echo "make site       build the course website from the stored outputs in build/site/ (SITE=folder)"
 	@echo "make student    nbgrader student copies of every chapter in student/ (see README, For instructors)"
 	@echo "make lock       regenerate the locked part of constraints.txt"
-	@echo "make clean      remove .venv, caches and generated files"
+	@echo "make clean      remove .venv, caches and generated files (never workbook/: your work)"
 
 # The environment: created once, re-installed only when pyproject.toml or constraints.txt change.
 $(STAMP): pyproject.toml constraints.txt
@@ -52,8 +55,23 @@ $(LAB_OVERRIDES): lab/overrides.json $(STAMP)
 
 venv: $(STAMP) $(LAB_OVERRIDES)
 
+# `make lab` first runs what `make workbooks` runs (tools/lab.py calls it), then opens workbook/00_welcome.ipynb.
 lab: venv
 	$(BIN)/python tools/lab.py --port $(PORT) $(LAB_ARGS)
+
+# The learner's copies: workbook/NN_name.ipynb for every notebooks/NN_name.ipynb. An existing workbook is
+# never overwritten; one older than its chapter is reported. `make reset-workbook NB=01` (or NB="01 03")
+# moves workbook/01_*.ipynb to workbook/backups/ first, then writes a fresh copy. Nothing here deletes.
+workbooks: venv
+	$(BIN)/python tools/workbooks.py
+
+reset-workbook:
+	@test -n "$(NB)" || { echo 'say which chapter: make reset-workbook NB=01'; exit 2; }
+	@$(MAKE) --no-print-directory venv
+	$(BIN)/python tools/workbooks.py --reset $(NB)
+
+progress: venv
+	$(BIN)/python -m lora_edu.progress workbook
 
 test: venv
 	$(BIN)/python -m pytest tests notebooks $(NBVAL_FLAGS) $(PYTEST_ARGS)
@@ -88,8 +106,10 @@ site: venv
 lock:
 	$(PYTHON) tools/update_constraints.py
 
+# Never touch workbook/ here, not even its .ipynb_checkpoints/: it holds the learner's work
+# (tests/test_workbooks.py checks).
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info student course/source \
 	       tests/artifacts
-	find . -name __pycache__ -type d -prune -exec rm -rf {} +
-	find . -name .ipynb_checkpoints -type d -prune -exec rm -rf {} +
+	find . -path ./workbook -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
+	find . -path ./workbook -prune -o -name .ipynb_checkpoints -type d -prune -exec rm -rf {} +

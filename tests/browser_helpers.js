@@ -192,6 +192,20 @@ window.__course = {
              visible: scroller.clientHeight };
   },
 
+  // Tag every cell's node with its index (data-course-cell="i"), so that the test can click into a cell
+  // with a Playwright locator, as a person would. Returns the number of cells.
+  markCells(path) {
+    const w = this.panel(path);
+    w.content.widgets.forEach((c, i) => { c.node.dataset.courseCell = String(i); });
+    return w.content.widgets.length;
+  },
+
+  // The visible text of a cell's outputs ('' for a markdown cell).
+  outputText(path, cell) {
+    const c = this.panel(path).content.widgets[cell];
+    return c.outputArea ? c.outputArea.node.textContent : '';
+  },
+
   async shutdown(path) {
     const w = this.panel(path);
     if (w) await w.sessionContext.shutdown();

@@ -1,11 +1,11 @@
 """Every notebook, run the way a learner runs it: JupyterLab in a real (headless) Chromium.
 
 One JupyterLab server for the whole session, started like ``make lab`` does (``tools/lab.py``'s
-:func:`lab_command`: 127.0.0.1, its own free port, a token, a fresh workspaces directory). For each
-numbered notebook (``notebooks/[0-9][0-9]_*.ipynb``, so new chapters are covered automatically) the test
-opens it at ``/lab/workspaces/<name>/tree/<notebook>``, waits for the kernel to be attached, connected
-and idle, clears the stored outputs, runs every cell through the Run menu ("Run All Cells"), waits until
-the kernel is idle and no cell is pending, and then checks:
+:func:`lab_command`: 127.0.0.1, its own free port, a token, a fresh workspaces directory, the repository
+as root). For each numbered notebook (``notebooks/[0-9][0-9]_*.ipynb``, so new chapters are covered
+automatically) the test opens it at ``/lab/workspaces/<name>/tree/notebooks/<notebook>``, waits for the
+kernel to be attached, connected and idle, clears the stored outputs, runs every cell through the Run menu
+("Run All Cells"), waits until the kernel is idle and no cell is pending, and then checks:
 
 - no error output anywhere — in a cell, or inside a widget's Output area — naming the notebook and cell;
 - every cell that stores a figure in the ``.ipynb`` shows one in the browser (a loaded ``<img>``);
@@ -16,6 +16,12 @@ the kernel is idle and no cell is pending, and then checks:
 
 A screenshot of the whole notebook goes to ``tests/artifacts/browser/<notebook>.png``, the browser
 console's errors and warnings to ``<notebook>.console.txt`` beside it, and the timings to ``timings.json``.
+
+A learner's workbook gets its own test (``test_a_learner_answers_an_exercise_in_a_workbook``): chapter 00's
+workbook, written by ``tools/workbooks.py`` into ``tests/artifacts/browser-workbook/``, runs to the end with
+⏳ in its check; an answer typed into the exercise cell with the keyboard and run with Shift+Enter gets ✅,
+a wrong one ❌ with its hint, and a click opens the folded model solution. A screenshot of each state goes to
+``tests/artifacts/browser/workbook-00_welcome-<state>.png``.
 
 The test server gets its own JupyterLab settings (a fresh ``--LabApp.user_settings_dir``, so nobody's
 personal settings leak in, and ``--LabApp.app_settings_dir`` with an ``overrides.json``): the course's
@@ -49,6 +55,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from lora_edu import progress  # noqa: E402
+from tools import workbooks  # noqa: E402
 from tools.lab import NOTEBOOKS, free_port, lab_command  # noqa: E402
 
 pytestmark = pytest.mark.browser
@@ -127,13 +135,15 @@ def lab(chromium_path, tmp_path_factory):
 
     port, token = free_port(), secrets.token_hex(16)
     cmd = lab_command(port, token, browser=False, workspaces_dir=str(tmp / "workspaces"), open_file=None)
+    root = ROOT  # as `make lab`: the repository, so notebooks/ and the workbooks are both reachable
     if NOTEBOOK_DIR != NOTEBOOKS:
+        root = NOTEBOOK_DIR
         cmd = [f"--ServerApp.root_dir={NOTEBOOK_DIR}" if c.startswith("--ServerApp.root_dir=") else c for c in cmd]
     cmd += [f"--LabApp.app_settings_dir={settings_dir}", f"--LabApp.user_settings_dir={tmp / 'user-settings'}",
             "--LabApp.expose_app_in_browser=True"]
     log_path = tmp / "lab.log"
     log = open(log_path, "w")
-    proc = subprocess.Popen(cmd, cwd=NOTEBOOK_DIR, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(cmd, cwd=root, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 90
     while True:
@@ -161,7 +171,7 @@ def lab(chromium_path, tmp_path_factory):
         if got != want:
             proc.kill()
             pytest.fail(f"the test's JupyterLab ignores its settings overrides: {plugin} {key} = {got!r}, want {want!r}")
-    yield {"base": base, "token": token, "log": log_path}
+    yield {"base": base, "token": token, "log": log_path, "root": root}
     # Shut down any kernel a failed test left running, so that stopping the server is quick and clean.
     status, body = _get(f"{base}/api/kernels?token={token}")
     for kernel in json.loads(body) if status == 200 else []:
@@ -317,10 +327,40 @@ def _error_report(nb, errors: list[dict]) -> str:
     return "\n".join(f"  {_describe(nb, e['cell'])} [{e['where']}]: {e['ename']}: {e['evalue']}" for e in errors)
 
 
+def _open_and_run_all(page, lab, name: str, nb, page_errors: list[str]) -> tuple[float, float]:
+    """Open notebook ``name`` (its path under JupyterLab's root), clear its outputs and *Run All Cells* from
+    the Run menu; fail on any error output. Returns when it was open and when the run ended (monotonic s)."""
+    page.goto(f"{lab['base']}/lab/workspaces/{Path(name).stem}/tree/{name}?token={lab['token']}")
+    _wait(page, f"{name} to open with its kernel connected and idle",
+          "p => window.__course.kernelReady(p)", name, OPEN_TIMEOUT_S,
+          lambda: f"Kernel: {page.evaluate('p => window.__course && window.__course.kernelStatus(p)', name)}. "
+                  f"Page errors: {page_errors[-3:]}. Server log: {lab['log']}")
+    t_open = time.monotonic()
+
+    # Start from a clean slate so that nothing stored in the file can pass for a fresh output.
+    page.evaluate("() => window.jupyterapp.commands.execute('notebook:clear-all-cell-outputs')")
+    page.locator(".lm-MenuBar-item", has_text=re.compile(r"^\s*Run\s*$")).click()
+    page.locator('.lm-Menu-item[data-command="runmenu:run-all"]').click()
+
+    def still_running() -> str:
+        state = page.evaluate("p => window.__course.runState(p)", name)
+        pending = ", ".join(_describe(nb, i) for i in state["pending"][:3]) or "none"
+        return (f"{name}: kernel {state['kernel']}; cells still pending [*]: {pending}; "
+                f"{len(state['notRun'])} cell(s) not run yet. Each notebook should run in well under a minute.")
+
+    _wait(page, f"'Run All Cells' to finish in {name}", "p => window.__course.runState(p).done",
+          name, RUN_TIMEOUT_S, still_running)
+    t_run = time.monotonic()
+    errors = page.evaluate("p => window.__course.errors(p)", name)
+    if errors:
+        pytest.fail(f"{name}: error output(s) after Run All Cells:\n" + _error_report(nb, errors), pytrace=False)
+    return t_open, t_run
+
+
 @pytest.mark.skipif(not NOTEBOOK_PATHS, reason=f"no numbered notebooks in {NOTEBOOK_DIR}")
 @pytest.mark.parametrize("path", NOTEBOOK_PATHS, ids=lambda p: p.name)
 def test_notebook_runs_in_jupyterlab(path, lab, browser_context, timings):
-    name = path.name
+    name = path.relative_to(lab["root"]).as_posix()  # JupyterLab's path: notebooks/00_welcome.ipynb
     nb = nbformat.read(path, as_version=4)
     on_disk = path.read_bytes()
     page = browser_context.new_page()
@@ -329,34 +369,9 @@ def test_notebook_runs_in_jupyterlab(path, lab, browser_context, timings):
     console: list[str] = []       # the browser console's errors and warnings
     page.on("pageerror", lambda exc: page_errors.append(str(exc)))
     page.on("console", lambda msg: console.append(f"[{msg.type}] {msg.text}") if msg.type in ("error", "warning") else None)
-    stem = path.stem
     t0 = time.monotonic()
     try:
-        page.goto(f"{lab['base']}/lab/workspaces/{stem}/tree/{name}?token={lab['token']}")
-        _wait(page, f"{name} to open with its kernel connected and idle",
-              "p => window.__course.kernelReady(p)", name, OPEN_TIMEOUT_S,
-              lambda: f"Kernel: {page.evaluate('p => window.__course && window.__course.kernelStatus(p)', name)}. "
-                      f"Page errors: {page_errors[-3:]}. Server log: {lab['log']}")
-        t_open = time.monotonic()
-
-        # Start from a clean slate so that nothing stored in the file can pass for a fresh output.
-        page.evaluate("() => window.jupyterapp.commands.execute('notebook:clear-all-cell-outputs')")
-        page.locator(".lm-MenuBar-item", has_text=re.compile(r"^\s*Run\s*$")).click()
-        page.locator('.lm-Menu-item[data-command="runmenu:run-all"]').click()
-
-        def still_running() -> str:
-            state = page.evaluate("p => window.__course.runState(p)", name)
-            pending = ", ".join(_describe(nb, i) for i in state["pending"][:3]) or "none"
-            return (f"{name}: kernel {state['kernel']}; cells still pending [*]: {pending}; "
-                    f"{len(state['notRun'])} cell(s) not run yet. Each notebook should run in well under a minute.")
-
-        _wait(page, f"'Run All Cells' to finish in {name}", "p => window.__course.runState(p).done",
-              name, RUN_TIMEOUT_S, still_running)
-        t_run = time.monotonic()
-
-        errors = page.evaluate("p => window.__course.errors(p)", name)
-        if errors:
-            pytest.fail(f"{name}: error output(s) after Run All Cells:\n" + _error_report(nb, errors), pytrace=False)
+        t_open, t_run = _open_and_run_all(page, lab, name, nb, page_errors)
 
         # Figures: every cell that stores an image must show a loaded <img> in the browser too.
         images = page.evaluate("p => window.__course.images(p)", name)
@@ -384,6 +399,90 @@ def test_notebook_runs_in_jupyterlab(path, lab, browser_context, timings):
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             (ARTIFACTS / f"{path.stem}.console.txt").write_text(
                 "".join(f"[pageerror] {e}\n" for e in page_errors) + "".join(f"{m}\n" for m in console))
-    timings[name] = {"open_s": round(t_open - t0, 1), "run_all_s": round(t_run - t_open, 1),
+    timings[path.name] = {"open_s": round(t_open - t0, 1), "run_all_s": round(t_run - t_open, 1),
                      "checks_s": round(t_checks - t_run, 1), "total_s": round(time.monotonic() - t0, 1)}
     assert path.read_bytes() == on_disk, f"{name} was modified on disk by the browser run (autosave should be off)"
+
+
+# ---------------------------------------------------------------------------------------------
+# A learner in a workbook: type an answer with the keyboard, run it, read the check, open the solution
+
+WORKBOOK_CHAPTER = "00_welcome"  # one function exercise: lora_forward_batch
+RIGHT_LINE = "return X @ W0.T + (alpha / r) * (X @ A.T @ B.T)"
+WRONG_LINE = "return X @ W0.T + alpha * (X @ A.T @ B.T)"  # the seed's scaling
+WRONG_HINT = "as the seed blog post does"
+
+
+def _replace_line(page, cell: int, old_text: str, new_text: str) -> None:
+    """Click on the line holding ``old_text`` in a cell's editor, select it with the keyboard, type ``new_text``."""
+    page.locator(f'[data-course-cell="{cell}"] .cm-line', has_text=old_text).click()
+    page.keyboard.press("End")
+    page.keyboard.press("Shift+Home")  # to the end of the indentation: the indentation stays
+    page.keyboard.type(new_text)
+
+
+def _run_and_read(page, name: str, exercise: int, check: int, mark: str) -> str:
+    """Shift+Enter on the exercise cell and on the check below it; wait for ``mark`` in the check's output."""
+    page.keyboard.press("Shift+Enter")  # runs the exercise cell and moves to the check cell
+    page.keyboard.press("Shift+Enter")
+    _wait(page, f"{mark} in the check cell of {name}",
+          "([p, c, m]) => window.__course.runState(p).done && window.__course.outputText(p, c).includes(m)",
+          [name, check, mark], 60, lambda: f"output: {page.evaluate('([p, c]) => window.__course.outputText(p, c)', [name, check])!r}")
+    return page.evaluate("([p, c]) => window.__course.outputText(p, c)", [name, check])
+
+
+def _shot(page, name: str, cell: int, state: str) -> Path:
+    """A screenshot of the window with ``cell`` in view: what the learner sees in that state."""
+    page.locator(f'[data-course-cell="{cell}"]').scroll_into_view_if_needed()
+    path = ARTIFACTS / f"workbook-{Path(name).stem}-{state}.png"
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(path))
+    return path
+
+
+@pytest.mark.skipif(NOTEBOOK_DIR != NOTEBOOKS, reason="the workbook test uses the course's own notebooks/")
+def test_a_learner_answers_an_exercise_in_a_workbook(lab, browser_context):
+    source = NOTEBOOKS / f"{WORKBOOK_CHAPTER}.ipynb"
+    if not source.exists():
+        pytest.skip(f"no {source.name}")
+    folder = ARTIFACTS.parent / "browser-workbook"  # under the lab's root; never the learner's workbook/
+    shutil.rmtree(folder, ignore_errors=True)
+    workbooks.write_new(nbformat.read(source, as_version=4), WORKBOOK_CHAPTER, folder / source.name)
+    wb = nbformat.read(folder / source.name, as_version=4)
+    roles = [c.metadata.get(progress.KEY, {}).get("role") for c in wb.cells]
+    exercise, check, solution = roles.index("exercise"), roles.index("check"), roles.index("solution")
+    assert (check, solution) == (exercise + 1, exercise + 2)
+    name = (folder / source.name).relative_to(lab["root"]).as_posix()
+    page = browser_context.new_page()
+    page.set_default_timeout(60_000)
+    page_errors: list[str] = []
+    page.on("pageerror", lambda exc: page_errors.append(str(exc)))
+    try:
+        _open_and_run_all(page, lab, name, wb, page_errors)  # Run All reaches the end: no error output
+        page.evaluate("p => window.__course.markCells(p)", name)
+        fresh = page.evaluate("([p, c]) => window.__course.outputText(p, c)", [name, check])
+        assert "⏳ Not answered yet" in fresh and "✅" not in fresh, fresh
+        assert not page.locator(f'[data-course-cell="{solution}"] details[open]').count(), "the solution starts folded"
+        _shot(page, name, check, "1-not-answered")
+
+        _replace_line(page, exercise, "raise NotImplementedError()", RIGHT_LINE)
+        right = _run_and_read(page, name, exercise, check, "✅")
+        assert right.lstrip().startswith("✅ Correct") and "❌" not in right
+        _shot(page, name, check, "2-right")
+
+        _replace_line(page, exercise, RIGHT_LINE, WRONG_LINE)
+        wrong = _run_and_read(page, name, exercise, check, "❌")
+        assert WRONG_HINT in " ".join(wrong.split()) and "✅" not in wrong
+        _shot(page, name, check, "3-wrong")
+
+        page.locator(f'[data-course-cell="{solution}"] summary').click()
+        code = page.locator(f'[data-course-cell="{solution}"] details[open] pre')
+        code.wait_for(state="visible")
+        assert RIGHT_LINE in code.inner_text()
+        _shot(page, name, solution, "4-solution")
+        assert not page.evaluate("p => window.__course.errors(p)", name), "no error output at any point"
+    finally:
+        try:
+            page.evaluate("p => window.__course.shutdown(p)", name)
+        finally:
+            page.close()

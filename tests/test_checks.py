@@ -62,6 +62,25 @@ def test_workbook_mode_prints_one_line_and_never_raises(workbook_mode, capsys):
     assert capsys.readouterr().out.startswith("✅ Correct")
 
 
+def _crashes(X, W0, A, B, alpha, r):
+    return X @ W0.T + alpha / r * X["A"]  # a learner's slip: indexing an array with a string
+
+
+def test_a_crashing_answer_raises_in_grade_mode():
+    with pytest.raises(IndexError):
+        check_batch_forward(_crashes)
+
+
+def test_a_crashing_answer_is_wrong_in_workbook_mode_and_points_at_the_learners_line(workbook_mode, capsys):
+    assert check_batch_forward(_crashes) is None  # Run All goes on
+    out, err = capsys.readouterr()
+    assert out.startswith("❌ Your answer raised IndexError: ") and "✅" not in out and "⏳" not in out
+    assert all(len(line) <= checks.WIDTH for line in out.splitlines())
+    # stderr shows the learner's own line, not the check's internals
+    assert 'X["A"]' in err and "test_checks.py" in err
+    assert "lora_edu/checks" not in err.replace("\\", "/")
+
+
 def test_workbook_mode_only_the_outermost_check_prints(workbook_mode, capsys):
     @checks.exercise
     def outer(value):
@@ -70,6 +89,19 @@ def test_workbook_mode_only_the_outermost_check_prints(workbook_mode, capsys):
 
     outer(4)
     assert capsys.readouterr().out.count("❌") == 1
+
+    @checks.exercise
+    def inner_crash(fn):
+        return fn()
+
+    @checks.exercise
+    def outer_crash(fn):
+        inner_crash(fn)  # the inner check re-raises; only the outermost one reports
+        checks.passed("unreachable")
+
+    outer_crash(lambda: 1 / 0)
+    out = capsys.readouterr().out
+    assert out.count("❌") == 1 and "ZeroDivisionError" in out and "✅" not in out
 
 
 def test_set_mode_rejects_unknown_modes():

@@ -1,8 +1,11 @@
 """Start JupyterLab on the course: the one place that knows how ``make lab`` launches it.
 
-``make lab`` runs this script; the tests import :func:`lab_command` so that they start
-JupyterLab exactly the same way (bound to 127.0.0.1, token authentication on, rooted at
-``notebooks/`` and opening ``00_welcome.ipynb``).
+``make lab`` runs this script. It first brings the learner's workbooks up to date the safe way
+(``tools/workbooks.py``: write the missing ones, never overwrite one, say which are older than their
+chapter), then starts JupyterLab bound to 127.0.0.1 with token authentication, rooted at the
+repository (so that ``workbook/``, ``notebooks/`` and the README are all reachable) and opening
+``workbook/00_welcome.ipynb``. The tests import :func:`lab_command` so that they start JupyterLab
+exactly the same way.
 
 Usage::
 
@@ -21,8 +24,11 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 NOTEBOOKS = ROOT / "notebooks"
-FIRST_NOTEBOOK = "00_welcome.ipynb"
+WORKBOOK = ROOT / "workbook"
+FIRST_NOTEBOOK = "workbook/00_welcome.ipynb"  # relative to ROOT, JupyterLab's root folder
 
 
 def free_port() -> int:
@@ -34,10 +40,11 @@ def free_port() -> int:
 
 def lab_command(port: int, token: str, *, browser: bool = True, allow_root: bool | None = None,
                 workspaces_dir: str | None = None, open_file: str | None = FIRST_NOTEBOOK) -> list[str]:
-    """The JupyterLab command line for the course (run it with ``cwd=NOTEBOOKS``).
+    """The JupyterLab command line for the course (run it with ``cwd=ROOT``).
 
     ``token`` must be non-empty: the course never turns authentication off.
     ``allow_root=None`` adds ``--allow-root`` only when running as root.
+    ``open_file`` is relative to the repository, JupyterLab's root folder.
     """
     if not token:
         raise ValueError("token must be a non-empty string: the course never runs JupyterLab without a token")
@@ -45,7 +52,7 @@ def lab_command(port: int, token: str, *, browser: bool = True, allow_root: bool
         allow_root = hasattr(os, "geteuid") and os.geteuid() == 0
     cmd = [sys.executable, "-m", "jupyter", "lab",
            "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", "--ServerApp.port_retries=0",
-           f"--ServerApp.root_dir={NOTEBOOKS}", f"--IdentityProvider.token={token}",
+           f"--ServerApp.root_dir={ROOT}", f"--IdentityProvider.token={token}",
            f"--ServerApp.open_browser={browser}"]
     if allow_root:
         cmd.append("--allow-root")
@@ -62,12 +69,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-browser", action="store_true", help="do not open a web browser")
     parser.add_argument("--allow-root", action="store_true", help="allow running as root (auto-detected)")
     args = parser.parse_args(argv)
+    from tools import workbooks
+
+    workbooks.update(NOTEBOOKS, WORKBOOK)  # writes the missing ones; never overwrites a learner's file
+    first = WORKBOOK / Path(FIRST_NOTEBOOK).name
+    open_file = first.relative_to(ROOT).as_posix() if first.is_file() else None
     port = args.port or free_port()
     token = os.environ.get("JUPYTER_TOKEN") or secrets.token_hex(24)
-    url = f"http://127.0.0.1:{port}/lab/tree/{FIRST_NOTEBOOK}?token={token}"
+    url = f"http://127.0.0.1:{port}/lab/tree/{open_file or ''}?token={token}"
     print(f"\n  Rank to LoRA is starting. Open this URL in your browser (Ctrl-C to stop):\n\n    {url}\n", flush=True)
-    cmd = lab_command(port, token, browser=not args.no_browser, allow_root=args.allow_root or None)
-    os.chdir(NOTEBOOKS)
+    cmd = lab_command(port, token, browser=not args.no_browser, allow_root=args.allow_root or None,
+                      open_file=open_file)
+    os.chdir(ROOT)
     os.execv(cmd[0], cmd)
     return 0  # not reached
 

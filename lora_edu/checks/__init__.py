@@ -15,7 +15,9 @@ Two modes, chosen explicitly (see :func:`set_mode`):
 - ``"workbook"`` (a learner's copy in ``workbook/``, whose first cell calls
   ``setup_notebook(..., workbook=True)``): a check never raises; it prints one line,
   ``✅`` right, ``❌`` wrong (with the same feedback) or ``⏳`` not answered yet, so
-  *Run All* always reaches the end of the chapter.
+  *Run All* always reaches the end of the chapter. A learner's function that crashes
+  inside the check (a ``TypeError``, an ``IndexError``, ...) is a wrong answer too: ``❌``
+  names the exception and the lines of the learner's own code it came from.
 
 Every public ``check_*`` function is wrapped with :func:`exercise`, which does this.
 
@@ -27,7 +29,10 @@ from __future__ import annotations
 import functools
 import math
 import numbers
+import sys
 import textwrap
+import traceback
+from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 import numpy as np
@@ -65,12 +70,24 @@ def _say(symbol: str, message: str) -> None:
                         break_long_words=False, break_on_hyphens=False))
 
 
+_CHECKS_DIR = Path(__file__).resolve().parent
+
+
+def _learner_frames(error: BaseException) -> str:
+    """The traceback lines of ``error`` outside ``lora_edu.checks``: where in the learner's code it happened."""
+    frames = [f for f in traceback.extract_tb(error.__traceback__)
+              if not Path(f.filename).resolve().is_relative_to(_CHECKS_DIR)]
+    return "".join(traceback.format_list(frames))
+
+
 def exercise(check: _F) -> _F:
     """Wrap a check function so that it behaves as the current mode says.
 
     A learner's function that raises ``NotImplementedError`` counts as not answered. In
     ``"grade"`` mode every failure is raised (nbgrader scores it 0); in ``"workbook"`` mode
-    the outermost check prints the ⏳ or ❌ line instead and returns ``None``.
+    the outermost check prints the ⏳ or ❌ line instead and returns ``None``. There, any other
+    exception (a learner's function that crashes) is a wrong answer as well: ❌ names it, and
+    the frames of the learner's code go to stderr, so that *Run All* still reaches the end.
     """
     @functools.wraps(check)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -89,6 +106,15 @@ def exercise(check: _F) -> _F:
                 _say("⏳", f"Not answered yet. {failure}")
             else:
                 _say("❌", str(failure))
+            return None
+        except Exception as crash:  # noqa: BLE001 - in workbook mode a crash is reported, not raised
+            if _mode != "workbook" or _depth > 1:
+                raise
+            _say("❌", f"Your answer raised {type(crash).__name__}: {crash}. Fix the exercise cell above, "
+                       "run it, then run this check again.")
+            where = _learner_frames(crash)
+            if where:
+                print("Where it happened (most recent call last):\n" + where, end="", file=sys.stderr)
             return None
         finally:
             _depth -= 1
