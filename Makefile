@@ -26,7 +26,7 @@ export PYDEVD_DISABLE_FILE_VALIDATION := 1
 NBVAL_FLAGS := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
                --nbval-cell-timeout=300
 
-.PHONY: help venv lab test unit nbval notebooks lint clean lock student
+.PHONY: help venv lab test unit nbval notebooks lint clean lock student grade
 
 help:
 	@echo "make lab        open the course in JupyterLab (PORT=$(PORT), LAB_ARGS=--no-browser ...)"
@@ -36,6 +36,7 @@ help:
 	@echo "make notebooks  re-execute every notebook and store its outputs (NB=path to pick one)"
 	@echo "make lint       check the stored notebooks (executed, no errors, no machine paths)"
 	@echo "make student    nbgrader student copies of every chapter in student/ (see README, For instructors)"
+	@echo "make grade A=01_rank  grade every submission of 01_rank: sandboxed autograde, feedback, exports"
 	@echo "make lock       regenerate the locked part of constraints.txt"
 	@echo "make clean      remove .venv, caches and generated files"
 
@@ -72,6 +73,15 @@ notebooks: venv
 # course/source/NN_name/ (instructor versions) -> student/NN_name/ (+ the assignments in course/gradebook.db)
 student: venv
 	$(BIN)/python tools/assignments.py
+
+# A=<assignment> (required), STUDENT=<id> (only that one), GRADE_ARGS="--force --cell-timeout 60 ...",
+# COURSE=<nbgrader course directory>. Never writes in $(COURSE)/submitted/ (README, For instructors).
+A ?=
+STUDENT ?=
+GRADE_ARGS ?=
+COURSE ?= course
+grade: venv
+	$(BIN)/python tools/grade.py $(A) --course-dir $(COURSE) $(if $(STUDENT),--student $(STUDENT)) $(GRADE_ARGS)
 
 lint:
 	$(PYTHON) ../shared/tools/notebook_lint.py notebooks
