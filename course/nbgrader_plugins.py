@@ -219,6 +219,8 @@ class GradeExecute(SteadyExecute):
         self._cell_bytes: dict[int, int] = {}
         self._cell_text: dict[int, int] = {}
         self._kill_reason: str | None = None
+        code = [i for i, c in enumerate(nb.cells) if c.cell_type == "code"]
+        self._code_number = {i: n for n, i in enumerate(code, 1)}
         try:
             nb, resources = super().preprocess(nb, resources, km)
         finally:
@@ -230,10 +232,10 @@ class GradeExecute(SteadyExecute):
         if cell.cell_type != "code" or not cell.source.strip():
             return cell, resources
         if self._stopped is None and monotonic() >= self._deadline:
-            self._stopped = (f"the notebook reached its time limit ({self.notebook_timeout} s) before cell "
+            self._stopped = (f"the notebook reached its time limit ({self.notebook_timeout} s) before code cell "
                              f"{self._label(cell, index)}")
             self._notes.append(f"⏱ The notebook ran longer than {self.notebook_timeout} s, the limit for a whole "
-                               f"notebook: cell {self._label(cell, index)} and the cells after it were not run, "
+                               f"notebook: code cell {self._label(cell, index)} and the cells after it were not run, "
                                "and their exercises score 0.")
         if self._stopped is not None:
             self._mark(cell, "NotRun", f"This cell was not run: {self._stopped}.")
@@ -258,8 +260,8 @@ class GradeExecute(SteadyExecute):
             status = self.km.exit_status() if hasattr(self.km, "exit_status") else None
             why = self._kill_reason or describe_exit(status)
             self._mark(cell, "DeadKernelError", f"The Python kernel died while running this cell ({why}).")
-            self._stopped = f"the kernel died in cell {self._label(cell, index)}"
-            self._notes.append(f"💥 The Python kernel died in cell {self._label(cell, index)} ({why}): the cells "
+            self._stopped = f"the kernel died in code cell {self._label(cell, index)}"
+            self._notes.append(f"💥 The Python kernel died in code cell {self._label(cell, index)} ({why}): the cells "
                                "after it were not run, and their exercises score 0.")
             return cell, resources
         except CellTimeoutError:
@@ -270,20 +272,21 @@ class GradeExecute(SteadyExecute):
             limit = f"{self.notebook_timeout} s for the notebook" if whole_notebook else f"{self.timeout} s for one cell"
             self._mark(cell, name, f"This cell ran past its time limit ({limit}) and did not stop when "
                                    "interrupted, so its kernel was ended.")
-            self._stopped = f"the kernel was ended after cell {self._label(cell, index)} ran past its time limit"
-            self._notes.append(f"⏱ Cell {self._label(cell, index)} ran past its time limit ({limit}) and did not "
+            self._stopped = f"the kernel was ended after code cell {self._label(cell, index)} ran past its time limit"
+            self._notes.append(f"⏱ Code cell {self._label(cell, index)} ran past its time limit ({limit}) and did not "
                                "stop when interrupted: the cells after it were not run, and their exercises score 0.")
             return cell, resources
         finally:
             self._cell_budget = None
         errors = {o.get("ename") for o in cell.outputs if o.output_type == "error"}
         if "CellTimeoutError" in errors:
-            self._notes.append(f"⏱ Cell {self._label(cell, index)} ran longer than {self.timeout} s, the limit for "
+            self._notes.append(f"⏱ Code cell {self._label(cell, index)} ran longer than {self.timeout} s, the limit for "
                                "one cell, and was stopped; the cells after it still ran.")
         elif "NotebookTimeoutError" in errors:
-            self._stopped = f"the notebook reached its time limit ({self.notebook_timeout} s) in cell {self._label(cell, index)}"
+            self._stopped = (f"the notebook reached its time limit ({self.notebook_timeout} s) in code cell "
+                             f"{self._label(cell, index)}")
             self._notes.append(f"⏱ The notebook ran longer than {self.notebook_timeout} s, the limit for a whole "
-                               f"notebook: cell {self._label(cell, index)} was stopped and the cells after it were "
+                               f"notebook: code cell {self._label(cell, index)} was stopped and the cells after it were "
                                "not run; their exercises score 0.")
         return cell, resources
 
@@ -311,10 +314,12 @@ class GradeExecute(SteadyExecute):
 
     # -- outputs -------------------------------------------------------------------------------
 
-    @staticmethod
-    def _label(cell: NotebookNode, index: int) -> str:
+    def _label(self, cell: NotebookNode, index: int) -> str:
+        """How a student finds the cell: its exercise id, or its number among the code cells and first line."""
         grade_id = cell.metadata.get("nbgrader", {}).get("grade_id")
-        return f"{index + 1} (`{grade_id}`)" if grade_id else str(index + 1)
+        first = next((line.strip() for line in cell.source.split("\n") if line.strip()), "")
+        first = first if len(first) <= 40 else first[:37] + "..."
+        return f"`{grade_id}`" if grade_id else f"{self._code_number.get(index, index + 1)} (`{first}`)"
 
     @staticmethod
     def _error(name: str, message: str) -> dict:
@@ -326,7 +331,8 @@ class GradeExecute(SteadyExecute):
     def _write_notes(self, nb: NotebookNode) -> None:
         cut = sorted(self._cut)
         if cut:
-            self._notes.append(f"✂ Cell{'s' if len(cut) > 1 else ''} {', '.join(str(i + 1) for i in cut)} printed "
+            labels = ", ".join(self._label(self.nb.cells[i], i) for i in cut if i < len(self.nb.cells))
+            self._notes.append(f"✂ Code cell{'s' if len(cut) > 1 else ''} {labels} printed "
                                f"more than this notebook keeps ({self.max_cell_text // 1000} kB of text, "
                                f"{self.max_cell_output // MiB} MiB of output per cell, "
                                f"{self.max_notebook_output // MiB} MiB in all): the rest was dropped.")

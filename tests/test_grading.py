@@ -522,7 +522,7 @@ EXPECTED = {
     "loop": (0, "timed out", "timed out"),
     "exits": (0, "failed", "kernel died"),
     "chatty": (1, "graded", "correct"),
-    "broken_json": (0, "failed", "missing"),
+    "broken_json": (0, "failed", "invalid"),
     "no_test": (0, "graded", "wrong"),
     "edited_test": (0, "graded", "wrong"),
     "intruder": (1, "graded", "correct"),
@@ -622,7 +622,7 @@ def test_messages_explain_the_broken_submissions(batch):
     assert "named `my work (final).ipynb`" in notes["renamed"] and "lora_edu/checks/welcome.py" in notes["renamed"]
     assert "found by its first line" in notes["renamed"]
     assert "longer than 20 s, the limit for one cell" in notes["loop"]
-    assert "died in cell" in notes["exits"] and "were not run" in notes["exits"]
+    assert "died in code cell `ch00-batch-forward`" in notes["exits"] and "were not run" in notes["exits"]
     assert "printed more than this notebook keeps" in notes["chatty"]
     assert "1 of the course's own cells" in notes["workbook"]
     assert "JSON breaks at line" in batch.records["broken_json"]["message"]

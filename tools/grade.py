@@ -537,7 +537,7 @@ def grade_one(course: Path, assignment: str, student: str, reference: nbformat.N
     result.fingerprint = hashlib.sha256(f"{fingerprint_base}:{result.notebook}:{_sha(found.path)}".encode()).hexdigest()
     nb, problem = read_submission(found.path)
     if nb is None:
-        return fail(problem)
+        return fail(problem, status="invalid")
     rebuilt, notes = rebuild(nb, reference)
     result.notes = result.notes + notes
     if found.notes:  # the folder's notes belong in the graded notebook too
