@@ -66,3 +66,5 @@ c.SandboxKernelManager.tmp_size = 512 * MiB  # its private /tmp
 c.SandboxKernelManager.threads = 1  # numerical threads: times that do not blow up on a busy machine
 # A test cell deleted from a submission is put back (make grade rebuilds every submission anyway).
 c.OverwriteCells.add_missing_cells = True
+# Feedback pages show what a submission printed: never its scripts (the page may be opened by you).
+c.HTMLExporter.sanitize_html = True

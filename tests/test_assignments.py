@@ -44,8 +44,8 @@ CHAPTER_IDS = [assignments.assignment_id(p) for p in CHAPTERS]
 COURSE_FILES = ("nbgrader_config.py", "nbgrader_plugins.py", "sandbox.py")
 STUB = ("# YOUR CODE HERE", "raise NotImplementedError()")
 # How a test cell of an untouched student copy may fail: the stub's NotImplementedError, or a
-# check's Feedback (an AssertionError: "`rank_of_A` has no answer yet ...").
-FAILURES = {"NotImplementedError", "AssertionError", "Feedback"}
+# check's Feedback (an AssertionError), NotAnswered above all ("`rank_of_A` has no answer yet ...").
+FAILURES = {"NotImplementedError", "AssertionError", "Feedback", "NotAnswered"}
 # The environment the Makefile exports to `make test` and `make notebooks`.
 MAKE_ENV = {"LORA_EDU_DEVICE": "cpu", "IPYKERNEL_CELL_NAME": "<IPY-INPUT>", "PYTHONHASHSEED": "0",
             "PYDEVD_DISABLE_FILE_VALIDATION": "1"}

@@ -314,8 +314,6 @@ def test_makefile_grade_target_and_clean_spare_the_submissions():
     clean = re.search(r"^clean:\n((?:\t.*\n)+)", makefile, re.M).group(1)
     for kept in ("course/submitted", "course/autograded", "course/feedback", "gradebook", "course/grading", "course "):
         assert kept not in clean, f"make clean must not remove {kept}"
-    assert "course/submitted" not in (ROOT / "tools" / "assignments.py").read_text().replace(
-        "course/submitted/", "")
 
 
 def test_ci_installs_bubblewrap():
@@ -365,6 +363,14 @@ def test_a_kernel_that_ignores_interrupts_is_ended_and_the_rest_marked_not_run()
     notes, stuck, after = nb.cells
     assert notes.metadata[NOTES_TAG] and "did not stop when interrupted" in notes.source
     assert enames(stuck) == ["CellTimeoutError"] and enames(after) == ["NotRun"]
+
+
+@pytest.mark.slow
+def test_a_crash_in_compiled_code_is_reported_with_its_signal():
+    require_sandbox()
+    notes, crash, after = execute(["import ctypes\nctypes.string_at(0)", "print(1)"], timeout=30).cells
+    assert enames(crash) == ["DeadKernelError"] and "SIGSEGV" in crash.outputs[-1].evalue
+    assert enames(after) == ["NotRun"] and "died in code cell 1" in notes.source
 
 
 @pytest.mark.slow
@@ -449,6 +455,11 @@ def make_grade(course: Path, *args: str, timeout: int = 1200) -> subprocess.Comp
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
+def with_markdown(nb: nbformat.NotebookNode, text: str) -> nbformat.NotebookNode:
+    nb.cells.append(nbformat.v4.new_markdown_cell(text))
+    return nb
+
+
 def students(released_nb: nbformat.NotebookNode, course: Path, port: int, marker: Path) -> dict[str, object]:
     """The pretend students: {id: notebook, or raw text for a file that is not one}."""
     def with_solution(source: str, nb=released_nb):
@@ -477,6 +488,8 @@ for what, act in [
         print("INTRUDER", what, "SUCCEEDED")
     except OSError as exc:
         print("INTRUDER", what, "failed:", type(exc).__name__)
+from IPython.display import HTML, display
+display(HTML("<script>window.intruder = 1</script><b>bold</b>"))
 """
     network = RIGHT + f"""
 
@@ -506,7 +519,7 @@ for host, port in [("127.0.0.1", {port}), ("1.1.1.1", 53)]:
         "broken_json": text[: len(text) // 2],
         "no_test": deleted,
         "edited_test": edited,
-        "intruder": with_solution(intruder),
+        "intruder": with_markdown(with_solution(intruder), '<img src="x" onerror="window.intruder = 2">'),
         "network": with_solution(network),
         "renamed": renamed,
         "workbook": workbook,
@@ -530,6 +543,7 @@ EXPECTED = {
     "renamed": (1, "graded", "correct"),
     "workbook": (0, "graded", "wrong"),
     "memory": (0, "graded", "error"),
+    "empty": (0, "failed", "missing"),  # a folder with no notebook
 }
 
 
@@ -558,6 +572,7 @@ def batch(tmp_path_factory) -> Batch:
           "def check_batch_forward(*a, **k):\n    pass\n")
     write(course / "submitted" / "renamed" / CHAPTER / "lora_edu" / "__init__.py", "")
     write(course / "submitted" / "workbook" / CHAPTER / "timestamp.txt", "2030-01-01 12:00:00.000000 UTC")
+    write(course / "submitted" / "empty" / CHAPTER / "notes.txt", "I could not finish, sorry")
 
     before, gradebook_before = _tree(base), _gradebook_dump(course / "gradebook.db")
     started = time.monotonic()
@@ -608,7 +623,8 @@ def html_text(path: Path) -> str:
 def test_summary_names_the_timed_out_and_failed(batch):
     out = batch.run.stdout
     assert re.search(r"graded\s+10: ", out) and re.search(r"timed out\s+1: loop 0/1 \(CellTimeoutError", out)
-    failed = re.search(r"failed\s+2: (.*(\n\s{14}.*)*)", out).group(1)
+    failed = re.search(r"failed\s+3: (.*(\n\s{14}.*)*)", out).group(1)
+    assert "empty 0/1 (No notebook was handed in: the folder has no `00_welcome.ipynb`.)" in failed
     assert "broken_json 0/1 (`00_welcome.ipynb` is not a valid notebook" in failed
     assert "exits 0/1 (DeadKernelError: The Python kernel died while running this cell (it exited with status 1)" in failed
     assert re.search(r"worth a look: .*exits \(os._exit / signal\).*intruder \(.*files by absolute path", out)
@@ -636,6 +652,24 @@ def test_huge_output_is_capped_in_the_graded_notebook_and_the_feedback(batch):
     assert graded.stat().st_size < honest.stat().st_size + 200_000, "10 MB printed, at most ~100 kB kept"
     assert feedback.stat().st_size < 2_000_000
     assert "output cut here" in graded.read_text()
+
+
+@pytest.mark.slow
+def test_feedback_never_carries_a_submissions_scripts(batch):
+    page = (batch.course / "feedback" / "intruder" / CHAPTER / f"{CHAPTER}.html").read_text(encoding="utf-8")
+    assert "<b>bold</b>" in page, "the submission's HTML output is shown"
+    assert "window.intruder" not in page, "but not its scripts or event handlers"
+
+
+@pytest.mark.slow
+def test_make_grade_says_what_is_missing(batch, tmp_path, capsys):
+    assert grade.main(["00_nope", "--course-dir", str(batch.course)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown assignment '00_nope'" in err and "the gradebook has: 00_welcome" in err
+    assert grade.main(["00_welcome", "--course-dir", str(tmp_path)]) == 2
+    assert "run `make student` first" in capsys.readouterr().err
+    assert grade.main(["00_welcome", "--course-dir", str(batch.course), "--student", "nobody"]) == 2
+    assert "no submission of 00_welcome from nobody" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -688,13 +722,20 @@ def test_exports_one_row_per_student_and_exercise_and_per_student(batch):
 @pytest.mark.slow
 def test_grading_again_changes_nothing(batch):
     before = {p: h for p, h in _tree(batch.base).items() if not p.startswith("course/grading/")}
+    # What `make student` runs, on this course: new student copies, never a submission touched.
+    env = assignments.nbgrader_env(dict(os.environ, JUPYTER_CONFIG_DIR=str(batch.base / "jupyter-config")))
+    assignments.prepare_source(batch.course, [ROOT / "notebooks" / f"{CHAPTER}.ipynb"])
+    assignments.generate_student_copies(batch.course, env)
+    assert {p: h for p, h in _tree(batch.base).items() if p.startswith("course/submitted/")} == \
+        {p: h for p, h in before.items() if p.startswith("course/submitted/")}
     again = make_grade(batch.course)
     assert again.returncode == 0, again.stdout + again.stderr
-    assert "13 unchanged since the last grading" in again.stdout
+    assert f"{len(EXPECTED)} unchanged since the last grading" in again.stdout
     forced = make_grade(batch.course, "--force", "--student honest")
     assert forced.returncode == 0 and re.search(r"graded\s+1: honest 1/1", forced.stdout), forced.stdout
     after = {p: h for p, h in _tree(batch.base).items() if not p.startswith("course/grading/")}
     changed = {p for p in set(before) | set(after) if before.get(p) != after.get(p)}
-    # Only the re-run student's files are rewritten (nbgrader stamps them), and the export files
-    # must come out the same.
-    assert all("/honest/" in p or p in ("course/gradebook.db",) for p in changed), changed
+    # Only the re-run student's files are rewritten (nbgrader stamps them), the gradebook (times),
+    # and the student copy and source (`make student` rebuilt them); the exports come out the same.
+    assert all("/honest/" in p or p in ("course/gradebook.db",) or p.startswith(("student/", "course/source/"))
+               for p in changed), changed

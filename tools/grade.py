@@ -3,6 +3,7 @@
 What it runs::
 
     python tools/grade.py 01_rank [--student alice] [--force] [--cell-timeout S] [--notebook-timeout S]
+    python tools/grade.py --time-cells [notebooks/06_lora_finetuning.ipynb ...]   # measure, grade nothing
 
 For each folder ``course/submitted/<student>/<assignment>/`` (README, "For instructors"):
 
@@ -16,8 +17,9 @@ For each folder ``course/submitted/<student>/<assignment>/`` (README, "For instr
    added are kept as ordinary cells. Extra files in the folder are not used. What was found goes
    into a "Grading notes" cell at the top of the graded notebook;
 3. **autograde** the rebuilt copy (staged in a temporary folder: nothing in ``course/submitted/``
-   is ever written) with ``nbgrader autograde --force``, one student at a time, with the course's
-   configuration: a sandboxed kernel, time limits and output caps (``course/nbgrader_config.py``);
+   is ever written) with nbgrader's autograde (``--force``), one student at a time, in this process,
+   with the course's configuration: a sandboxed kernel, time limits and output caps
+   (``course/nbgrader_config.py``);
 4. **read back** each exercise's score (gradebook) and what happened to it (the graded notebook);
 5. then **feedback** for everyone (``nbgrader generate_feedback``, or a short page when nothing
    could be run), the **exports** (``course/grades.csv`` from ``nbgrader export``,
