@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import sys
 import types
@@ -319,6 +320,7 @@ class GradeExecute(SteadyExecute):
         grade_id = cell.metadata.get("nbgrader", {}).get("grade_id")
         first = next((line.strip() for line in cell.source.split("\n") if line.strip()), "")
         first = first if len(first) <= 40 else first[:37] + "..."
+        first = re.sub(r"[^\w .,:;=()\[\]{}+*/-]", "?", first)  # student code, shown in Markdown: no HTML
         return f"`{grade_id}`" if grade_id else f"{self._code_number.get(index, index + 1)} (`{first}`)"
 
     @staticmethod

@@ -164,6 +164,20 @@ def test_rebuild_keeps_added_cells_in_place_as_ordinary_cells():
     nbformat.validate(rebuilt)
 
 
+def test_rebuild_shows_a_students_markdown_as_text_only():
+    reference = grade.stub_solutions(tiny_reference())
+    submission = released(tiny_reference())
+    evil = 'Look: <img src=x onerror="alert(1)"> ```` fence ````'
+    submission.cells.append(nbformat.v4.new_markdown_cell(evil))
+    submission.cells.append(nbformat.v4.new_raw_cell("<script>alert(2)</script>"))
+    rebuilt, _ = grade.rebuild(submission, reference)
+    shown_cells = rebuilt.cells[-2:]
+    assert [c.cell_type for c in shown_cells] == ["markdown", "markdown"]
+    assert shown_cells[0].source == f"`````text\n{evil}\n`````", "a fence longer than any backtick run in it"
+    assert shown_cells[1].source == "```text\n<script>alert(2)</script>\n```"
+    assert grade.shown("<img src=x onerror=`a`>.txt") == "?img src=x onerror=?a??.txt"
+
+
 def test_untouched_submission_rebuilds_to_the_release_without_notes():
     reference = grade.stub_solutions(tiny_reference())
     rebuilt, notes = grade.rebuild(released(tiny_reference()), reference)
@@ -658,7 +672,11 @@ def test_huge_output_is_capped_in_the_graded_notebook_and_the_feedback(batch):
 def test_feedback_never_carries_a_submissions_scripts(batch):
     page = (batch.course / "feedback" / "intruder" / CHAPTER / f"{CHAPTER}.html").read_text(encoding="utf-8")
     assert "<b>bold</b>" in page, "the submission's HTML output is shown"
-    assert "window.intruder" not in page, "but not its scripts or event handlers"
+    # ... but none of its scripts or event handlers, as tags (as text, escaped, they may be shown).
+    assert not re.search(r"<script[^>]*>[^<]*window\.intruder", page)
+    assert not re.search(r"<[a-z]+[^>]*\son\w+=[\"']?window\.intruder", page)
+    assert "&lt;img src=&quot;x&quot; onerror" in page or '&lt;img src="x" onerror' in page, \
+        "the added Markdown cell is shown as text"
 
 
 @pytest.mark.slow

@@ -98,67 +98,68 @@ def find_notebook(folder: Path, assignment: str) -> Found:
     notebooks, others, links = [], [], []
     for here, dirs, files in os.walk(folder, followlinks=False):
         rel = Path(here).relative_to(folder)
-        links += [str(rel / d) for d in dirs if os.path.islink(os.path.join(here, d))]
+        links += [shown(str(rel / d)) for d in dirs if os.path.islink(os.path.join(here, d))]
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and not os.path.islink(os.path.join(here, d)))
         for name in sorted(files):
             path = Path(here) / name
             if name.startswith(".") or (name == "timestamp.txt" and rel == Path(".")):
                 continue
             if path.is_symlink():
-                links.append(str(rel / name))
+                links.append(shown(str(rel / name)))
             elif name.endswith(".ipynb"):
                 notebooks.append(path)
             else:
-                others.append(str(rel / name))
+                others.append(shown(str(rel / name)))
     notes = []
     if others:
-        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
-        notes.append(f"Only the notebook is graded: the other files you handed in were not used ({shown}).")
+        listed = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        notes.append(f"Only the notebook is graded: the other files you handed in were not used ({listed}).")
     if links:
         notes.append(f"Links are not followed: {', '.join(links[:5])} {'was' if len(links) == 1 else 'were'} not used.")
     top = folder / expected
     if top in notebooks:
         if len(notebooks) > 1:
             notes.append(f"Graded `{expected}`; the other notebooks in your folder were not "
-                         f"({', '.join(str(p.relative_to(folder)) for p in notebooks if p != top)}).")
+                         f"({', '.join(shown(str(p.relative_to(folder))) for p in notebooks if p != top)}).")
         return Found(top, notes=notes)
     if len(notebooks) == 1:
-        notes.insert(0, f"Your notebook is named `{notebooks[0].relative_to(folder)}`, not `{expected}`: "
+        notes.insert(0, f"Your notebook is named `{shown(str(notebooks[0].relative_to(folder)))}`, not `{expected}`: "
                         "it was graded all the same. Keep the name you were given next time.")
         return Found(notebooks[0], notes=notes)
     if not notebooks:
         link = f" (`{expected}` is a link: hand in the file itself)" if expected in links else ""
         return Found(None, f"No notebook was handed in: the folder has no `{expected}`{link}.", notes)
-    names = ", ".join(f"`{p.relative_to(folder)}`" for p in notebooks)
+    names = ", ".join(f"`{shown(str(p.relative_to(folder)))}`" for p in notebooks)
     return Found(None, f"Several notebooks were handed in ({names}) and none is named `{expected}`: "
                        f"hand in one notebook, named `{expected}`.", notes)
 
 
 def read_submission(path: Path) -> tuple[nbformat.NotebookNode | None, str]:
     """The notebook in ``path``, or None and the reason, in words for the student."""
+    name = shown(path.name)
     size = path.stat().st_size
     if size > MAX_NOTEBOOK_BYTES:
-        return None, (f"`{path.name}` is {size / 1024 ** 2:.0f} MB, more than the {MAX_NOTEBOOK_BYTES // 1024 ** 2} MB "
+        return None, (f"`{name}` is {size / 1024 ** 2:.0f} MB, more than the {MAX_NOTEBOOK_BYTES // 1024 ** 2} MB "
                       "a notebook may have: clear its outputs (Edit → Clear Outputs of All Cells), save, hand it in again.")
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        return None, f"`{path.name}` is not a text file (byte {exc.start} is not UTF-8): is it really a notebook?"
+        return None, f"`{name}` is not a text file (byte {exc.start} is not UTF-8): is it really a notebook?"
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        return None, (f"`{path.name}` is not a valid notebook: its JSON breaks at line {exc.lineno}, column "
+        return None, (f"`{name}` is not a valid notebook: its JSON breaks at line {exc.lineno}, column "
                       f"{exc.colno} ({exc.msg}). It may have been cut short or edited by hand: open your own copy "
                       "in JupyterLab, save it, and hand it in again.")
     if not isinstance(data, dict) or "cells" not in data and "worksheets" not in data:
-        return None, f"`{path.name}` is JSON, but not a notebook (it has no cells)."
+        return None, f"`{name}` is JSON, but not a notebook (it has no cells)."
     try:
         nb = nbformat.reads(text, as_version=4)
     except Exception as exc:  # nbformat's errors for odd versions and structures
-        return None, f"`{path.name}` is not a notebook that Jupyter can read ({type(exc).__name__}: {str(exc)[:200]})."
+        return None, f"`{name}` is not a notebook that Jupyter can read ({type(exc).__name__}: {str(exc)[:200]})."
     if not isinstance(nb.get("cells"), list):
-        return None, f"`{path.name}` is not a notebook that Jupyter can read (its cells are not a list)."
+        return None, f"`{name}` is not a notebook that Jupyter can read (its cells are not a list)."
     return nb, ""
 
 
@@ -281,9 +282,10 @@ def rebuild(submission: nbformat.NotebookNode, reference: nbformat.NotebookNode)
             continue
         if _meta(cell):
             stripped += 1
-        kind = cell["cell_type"]
-        new = (nbformat.v4.new_code_cell if kind == "code" else nbformat.v4.new_markdown_cell
-               if kind == "markdown" else nbformat.v4.new_raw_cell)(_source(cell))
+        if cell["cell_type"] == "code":
+            new = nbformat.v4.new_code_cell(_source(cell))
+        else:  # shown as text: a student's HTML must not reach your browser through feedback or formgrader
+            new = nbformat.v4.new_markdown_cell(verbatim(_source(cell)))
         new.metadata["grading_added"] = True
         after.setdefault(last, []).append(new)
     added = sum(len(v) for v in after.values())
@@ -297,6 +299,8 @@ def rebuild(submission: nbformat.NotebookNode, reference: nbformat.NotebookNode)
         cell = copy.deepcopy(ref)
         if _meta(ref).get("solution") and i in by_ref:
             cell.source = _source(cells[by_ref[i]])
+            if cell.cell_type != "code":  # a written answer: its markdown renders, its HTML does not
+                cell.source = cell.source.replace("<", "&lt;").replace(">", "&gt;")
         if cell.cell_type == "code":
             cell.outputs, cell.execution_count = [], None
         out.cells.append(cell)
@@ -309,6 +313,18 @@ def rebuild(submission: nbformat.NotebookNode, reference: nbformat.NotebookNode)
             "**Grading notes**\n\n" + "\n".join(f"- {note}" for note in notes), metadata={NOTES_TAG: True},
             id="grading-notes"))
     return out, notes
+
+
+def verbatim(text: str) -> str:
+    """Markdown that shows ``text`` exactly as written: a fenced block no backtick run in it can close."""
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}text\n{text}\n{fence}"
+
+
+def shown(name: str) -> str:
+    """A file name from a submission, safe inside the Markdown of a note (no HTML, no backticks)."""
+    return re.sub(r"[^\w .,()+=/-]", "?", name)[:120]
 
 
 def _visible_part(source: str) -> str:
@@ -508,6 +524,21 @@ def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def fingerprint(folder: Path, base: str) -> str:
+    """What a submission folder holds (names, sizes, times; the notebooks' content), plus ``base``
+    (the chapter version and the limits): equal fingerprints grade to equal results."""
+    digest = hashlib.sha256(base.encode())
+    for here, dirs, files in os.walk(folder, followlinks=False):
+        dirs.sort()
+        for name in sorted(files):
+            path = Path(here) / name
+            info = path.lstat()
+            digest.update(f"{path.relative_to(folder)}:{info.st_size}:{info.st_mtime_ns}:{info.st_mode}".encode())
+            if name.endswith(".ipynb") and path.is_file() and not path.is_symlink():
+                digest.update(_sha(path).encode())
+    return digest.hexdigest()
+
+
 def _max_points(course: Path, assignment: str) -> tuple[float, list[tuple[str, float]]]:
     with gradebook(course) as gb:
         cells = [(c.name, float(c.max_score)) for nb in gb.find_assignment(assignment).notebooks for c in nb.grade_cells]
@@ -531,12 +562,12 @@ def grade_one(course: Path, assignment: str, student: str, reference: nbformat.N
         result.seconds = time.monotonic() - started
         return result
 
+    result.fingerprint = fingerprint(folder, fingerprint_base)
     found = find_notebook(folder, assignment)
     result.notes = list(found.notes)
     if found.path is None:
         return fail(found.problem)
     result.notebook = str(found.path.relative_to(folder))
-    result.fingerprint = hashlib.sha256(f"{fingerprint_base}:{result.notebook}:{_sha(found.path)}".encode()).hexdigest()
     nb, problem = read_submission(found.path)
     if nb is None:
         return fail(problem, status="invalid")
@@ -562,6 +593,7 @@ def grade_one(course: Path, assignment: str, student: str, reference: nbformat.N
     graded_path = autograded / f"{assignment}.ipynb"
     scores = submission_scores(course, assignment, student) or {}
     if not success or not graded_path.exists() or not scores:
+        result.fingerprint = ""  # the grader's failure, not the submission's: try again next time
         why = errors.strip().splitlines()[-1] if errors.strip() else "no graded notebook"
         return fail(f"This notebook could not be graded: nbgrader stopped with an error ({why[:300]}). "
                     "The instructor has the log.", status="error")
@@ -920,15 +952,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _unchanged(course: Path, assignment: str, student: str, old: Result, fingerprint_base: str) -> bool:
-    """Whether a submission graded before is the same file, graded the same way, with its grades in place."""
-    if not old.fingerprint or not old.notebook:
-        return False
-    path = course / "submitted" / student / assignment / old.notebook
-    if not path.is_file() or path.is_symlink():
-        return False
-    fingerprint = hashlib.sha256(f"{fingerprint_base}:{old.notebook}:{_sha(path)}".encode()).hexdigest()
-    if fingerprint != old.fingerprint or find_notebook(path.parents[len(Path(old.notebook).parts) - 1],
-                                                       assignment).path != path:
+    """Whether a submission graded before holds the same files, graded the same way, with its grades in place."""
+    folder = course / "submitted" / student / assignment
+    if not old.fingerprint or fingerprint(folder, fingerprint_base) != old.fingerprint:
         return False
     scores = submission_scores(course, assignment, student)
     graded = (course / "autograded" / student / assignment / f"{assignment}.ipynb").exists()
