@@ -101,7 +101,11 @@ def course_paths() -> list[str]:
     if os.environ.get("LORA_EDU_RESULTS"):
         paths.append(os.environ["LORA_EDU_RESULTS"])
     kept: list[str] = []
-    for path in sorted({os.path.realpath(p) for p in paths if os.path.isdir(p)}):
+    # Each folder at its real path and, when a link leads to it, at that path too (the kernel is
+    # started by the path the grader knows, such as .venv/bin/python).
+    wanted = {os.path.realpath(p) for p in paths if os.path.isdir(p)}
+    wanted |= {os.path.abspath(p) for p in paths if os.path.isdir(p)}
+    for path in sorted(wanted):
         if path.startswith("/usr/") or path == "/usr":
             continue  # already there
         if not any(path.startswith(k + os.sep) for k in kept):
@@ -164,7 +168,7 @@ def sandbox_command(kernel_cmd: list[str], ipc_dir: str, *, env: dict[str, str],
             "--disable-userns", "--die-with-parent", "--cap-drop", "ALL", "--hostname", "grading"]
     args += _host_layout()
     for path in course_paths() if ro_paths is None else ro_paths:
-        args += ["--ro-bind", path, path]
+        args += ["--ro-bind", os.path.realpath(path), path]
     args += ["--proc", "/proc", "--dev", "/dev", *size, "--tmpfs", "/dev/shm", *size, "--tmpfs", "/tmp",
              "--dir", INSIDE_HOME, "--dir", INSIDE_WORK]
     if font_cache:
