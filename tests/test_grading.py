@@ -519,7 +519,9 @@ for host, port in [("127.0.0.1", {port}), ("1.1.1.1", 53)]:
     for cell in renamed.cells:  # metadata stripped, ids changed: found by the `def` line
         cell.metadata.pop("nbgrader", None)
         cell["id"] = "x" + cell["id"]
-    workbook = with_solution(WRONG)
+    # Workbook mode twice: in the setup cell (the course's own cell is graded instead) and in the
+    # answer itself (the checks go back to "grade" mode before every cell): a wrong answer scores 0.
+    workbook = with_solution(WRONG + "\nimport lora_edu.checks\nlora_edu.checks.set_mode('workbook')")
     workbook.cells = [nbformat.from_dict(dict(c, source=c.source.replace("setup_notebook(seed=0)",
                                                                            "setup_notebook(seed=0, workbook=True)")))
                       for c in workbook.cells]
