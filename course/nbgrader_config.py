@@ -50,8 +50,8 @@ c.Autograde.autograde_preprocessors = [
     for step in Autograde.class_traits()["autograde_preprocessors"].default()
 ]
 # Time limits, measured with `python tools/grade.py --time-cells` (README, "For instructors"): the
-# slowest honest cell of any chapter (06's rank sweep) needs 13 s of CPU, and took 48 s of wall-clock
-# time on a 2-core machine running ~10 busy processes; the slowest notebook (06) 37 s CPU, 138 s wall.
+# slowest honest cell of any chapter (06's rank sweep) needs 12-13 s of CPU; on a 2-core machine it took
+# 15 s nearly idle and 48 s running ~10 busy processes; the slowest notebook (06) 47 s and 138 s.
 # The limits leave room for a slower or busier machine and a correct but less efficient answer.
 c.GradeExecute.timeout = 120  # seconds, one cell
 c.GradeExecute.notebook_timeout = 300  # seconds, the whole notebook (kernel start included)
