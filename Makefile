@@ -26,7 +26,7 @@ export PYDEVD_DISABLE_FILE_VALIDATION := 1
 NBVAL_FLAGS := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
                --nbval-cell-timeout=300
 
-.PHONY: help venv lab workbooks reset-workbook progress test unit nbval notebooks lint clean lock student
+.PHONY: help venv lab workbooks reset-workbook progress test unit nbval notebooks lint clean lock student grade
 
 help:
 	@echo "make lab        open the course in JupyterLab (PORT=$(PORT), LAB_ARGS=--no-browser ...)"
@@ -40,6 +40,7 @@ help:
 	@echo "make lint       check the stored notebooks (install cell, executed in order, no errors, no machine paths)"
 	@echo "make site       build the course website from the stored outputs in build/site/ (SITE=folder)"
 	@echo "make student    nbgrader student copies of every chapter in student/ (see README, For instructors)"
+	@echo "make grade A=01_rank  grade every submission of 01_rank: sandboxed autograde, feedback, exports"
 	@echo "make lock       regenerate the locked part of constraints.txt"
 	@echo "make clean      remove .venv, caches and generated files (never workbook/: your work)"
 
@@ -92,6 +93,15 @@ notebooks: venv
 student: venv
 	$(BIN)/python tools/assignments.py
 
+# A=<assignment> (required), STUDENT=<id> (only that one), GRADE_ARGS="--force --cell-timeout 60 ...",
+# COURSE=<nbgrader course directory>. Never writes in $(COURSE)/submitted/ (README, For instructors).
+A ?=
+STUDENT ?=
+GRADE_ARGS ?=
+COURSE ?= course
+grade: venv
+	$(BIN)/python tools/grade.py $(A) --course-dir $(COURSE) $(if $(STUDENT),--student $(STUDENT)) $(GRADE_ARGS)
+
 # Standard library only, so it needs no .venv; tests/test_lint.py runs it as part of `make test`.
 lint:
 	$(PYTHON) tools/notebook_lint.py notebooks
@@ -106,10 +116,11 @@ site: venv
 lock:
 	$(PYTHON) tools/update_constraints.py
 
-# Never touch workbook/ here, not even its .ipynb_checkpoints/: it holds the learner's work
-# (tests/test_workbooks.py checks).
+# Never touch workbook/ (the learner's work; tests/test_workbooks.py checks) or course/submitted/ (the
+# students' hand-ins, even a __pycache__ a student sent along; tests/test_grading.py checks) here.
+KEEP := -path ./workbook -prune -o -path ./course/submitted -prune -o
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info student course/source \
 	       tests/artifacts
-	find . -path ./workbook -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
-	find . -path ./workbook -prune -o -name .ipynb_checkpoints -type d -prune -exec rm -rf {} +
+	find . $(KEEP) -name __pycache__ -type d -prune -exec rm -rf {} +
+	find . $(KEEP) -name .ipynb_checkpoints -type d -prune -exec rm -rf {} +
