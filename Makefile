@@ -23,6 +23,11 @@ export IPYKERNEL_CELL_NAME := <IPY-INPUT>
 export PYTHONHASHSEED := 0
 export PYDEVD_DISABLE_FILE_VALIDATION := 1
 
+# One numerical (OpenMP) thread wherever notebooks are executed by a target: on a 2-core machine, two threads
+# per kernel fight with the other processes of a test run (a browser, a second kernel) and chapter 06 took
+# 400 s instead of 47 s. `make notebooks` stores outputs under the same setting that `make test` compares.
+test unit nbval notebooks student grade site: export OMP_NUM_THREADS := 1
+
 NBVAL_FLAGS := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
                --nbval-cell-timeout=300
 
