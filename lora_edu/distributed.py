@@ -70,7 +70,7 @@ MODELS: dict[str, TransformerConfig] = {
     # the notebook's live run: trains in milliseconds on one CPU core
     "tiny": TransformerConfig(vocab_size=128, max_seq_len=32, d_model=64, n_heads=4, n_layers=2, d_mlp=256),
     # wider: 14.8 MB of float32 gradients per step; between two CPU processes over TCP their all-reduce takes
-    # tens of milliseconds, a sizeable part of a step (the notebook measures both)
+    # about 10 to 30 ms, a sizeable part of a 30 to 150 ms step (chapter 08 measures both, live)
     "wide": TransformerConfig(vocab_size=1024, max_seq_len=32, d_model=256, n_heads=4, n_layers=4, d_mlp=1024),
     # GPT-2 small's shape (124,439,808 parameters, tied embeddings), the recorded GPU runs
     "gpt2-small": TransformerConfig.gpt2_small(),

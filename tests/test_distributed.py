@@ -423,9 +423,48 @@ def test_recorded_two_gpu_run_backs_the_chapter():
         assert d["buckets_per_step"][-1] == buckets == len(ddp_buckets(model))
         ratio = two["bandwidth"]["schedule"][mode]["measured_s"] / two["bandwidth"]["schedule"][mode]["predicted_s"]
         assert 0.75 < ratio < 1.25  # the issue's acceptance: all-reduce time within 25 % of the model
-    efficiency = {mode: round(two["timing"][mode]["efficiency"], 2) for mode in ("full", "lora")}
-    assert efficiency == {"full": 0.92, "lora": 0.98}  # the README and the summary quote these
-    assert round(two["bandwidth"]["model_bus_bandwidth"] / 1e9) == 319
+    # the README and the summary: "about 90-100 %", series by series 88-97 % (full) and 96-99 % (LoRA), ranges that
+    # overlap (not distinguishable); LoRA against the separate one-GPU job 105 %
+    n = two["settings"]["steps"]
+    ranges = {}
+    for mode in ("full", "lora"):
+        t = two["timing"][mode]
+        series = {k: [np.median(t[k]["steps_s"][i:i + n]) for i in range(0, len(t[k]["steps_s"]), n)]
+                  for k in ("alone", "allreduce")}
+        effs = [a / b for a, b in zip(series["alone"], series["allreduce"])]
+        ranges[mode] = (round(100 * min(effs)), round(100 * max(effs)))
+        assert 0.85 < min(effs) <= t["efficiency"] <= max(effs) < 1.0
+    assert ranges == {"full": (88, 97), "lora": (96, 99)} and ranges["full"][1] > ranges["lora"][0]
+    one_lora = rec["one_gpu"]["timing"]["lora"]["single"]["median_s"]
+    assert round(100 * one_lora / two["timing"]["lora"]["allreduce"]["median_s"]) == 105
+    bw = two["bandwidth"]
+    assert round(bw["model_bus_bandwidth"] / 1e9) == 319
+    # the record's latency is its smallest (4 KB) all-reduce, not the quickest (1 MiB): the chapter says so
+    assert bw["model_latency_s"] == bw["seconds"][0] > min(bw["seconds"]) == bw["seconds"][bw["sizes"].index(2**20)]
+    # DDP rebuilt its buckets: same count and total, one 768-entry vector moved from the first to the last
+    d = two["ddp"]["full"]
+    assert [m - p for m, p in zip(d["bucket_bytes"], d["predicted_buckets"])] == [-3072] + [0] * 11 + [3072]
     fsdp1 = rec["fsdp1"]["fsdp1"]
     assert "uniform `requires_grad`" in fsdp1["blocks_flat"]["error"]
     assert fsdp1["uniform_units"]["gradient_bytes_per_rank"] == gradient_bytes(meta_model("lora", r=8)) // 2
+
+
+def test_recorded_peaks_hold_the_harness_copy_that_chapter_08_subtracts():
+    """The 2026-11-30 record kept full fine-tuning's trained weights on the GPU (4 bytes x 124,439,808 =
+    0.46 GiB) from its first DDP task on; minus that copy, the DDP peaks are chapter 07's keep_logits=True
+    prediction plus DDP's buckets, within the residuals the chapter prints."""
+    from lora_edu.memory import training_memory
+    from lora_edu.results import load_result
+
+    two = load_result("distributed_nvidia-h200x2.json")["two_gpus"]
+    gib = 2**30
+    copy_full, copy_lora = 4 * two["ddp"]["full"]["trainable"], 4 * two["ddp"]["lora"]["trainable"]
+    assert copy_full == 497_759_232 and round(copy_full / gib, 2) == 0.46
+    residual = {}
+    for mode, copy in (("full", copy_full), ("lora", copy_full + copy_lora)):
+        d = two["ddp"][mode]
+        kept = training_memory(TransformerShape.gpt2_small(), 8, 1024, method=mode, r=8, keep_logits=True)
+        residual[mode] = round((max(d["peak_bytes"]) - copy - kept.total - d["predicted_bytes"]) / gib, 2)
+    assert residual == {"full": 0.15, "lora": 0.11}
+    ranks = two["fsdp"]["lora"]["peak_bytes"]
+    assert round((ranks[1] - ranks[0]) / gib, 2) == 0.48  # FSDP2 LoRA: the ranks differ (max over ranks)
