@@ -169,7 +169,7 @@ def check_unused_trainable(fn: Callable[..., Any]) -> None:
 
 _FSDP1_UNITS = {
     "blocks": "A block holds frozen base weights *and* trainable A, B. FSDP1 flattens each unit into one "
-              "FlatParameter, which has a single requires_grad: the ValueError recorded above (with "
+              "FlatParameter, which has a single requires_grad: the ValueError of the live run above (with "
               "use_orig_params=True it runs, but keeps a gradient buffer for the whole block).",
     "whole_model": "The whole model is one unit: it mixes frozen and trainable parameters (the same ValueError), "
                    "and it would be gathered whole, so sharding would save no memory while it runs.",
