@@ -11,7 +11,9 @@
 #      comm hook counts, the buckets, the broadcast at construction, the step time with and without the
 #      all-reduce (no_sync) side by side, bf16-compressed gradients, FSDP2's collectives and memory, NCCL's
 #      all-reduce time against message size (bus bandwidth) and DDP's real buckets replayed, the
-#      unused-adapter pitfall; FSDP1's uniform-requires_grad error (FSDP1 needs a GPU);
+#      unused-adapter pitfall; FSDP1's uniform-requires_grad error (chapter 08 also shows it live on the CPU);
+#      every rank's peak memory and what was already allocated before the measured step (resident_bytes);
+#      10 interleaved series of 20 steps per variant, so that efficiencies come with their spread;
 #   3. the -m gpu tests of tests/test_distributed.py (NCCL, 2 GPUs);
 # and writes OUT_DIR/distributed_<gpu>x2.json (copy it to benchmarks/results/ to update the record).
 #
@@ -32,7 +34,7 @@ if [ "${SMOKE:-0}" = 1 ]; then
     echo "smoke run on CPUs (gloo)" | tee "$out/gpu.txt"
     echo "no GPUs" > "$out/topo.txt"
 else
-    common=(--model gpt2-small --batch 8 --seq 1024 --amp bf16 --backend nccl --steps 10 --warmup 3 --repeats 3)
+    common=(--model gpt2-small --batch 8 --seq 1024 --amp bf16 --backend nccl --steps 20 --warmup 3 --repeats 10)
     sizes=4096,65536,1048576,4194304,16777216,67108864,268435456,1073741824
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max.mem --format=csv,noheader \
         | tee "$out/gpu.txt"

@@ -55,7 +55,8 @@ from lora_edu.transformer import Transformer, TransformerConfig
 
 __all__ = [
     "MODELS", "gradient_bytes", "ddp_buckets", "ring_factor", "ring_allreduce_seconds", "bus_bandwidth",
-    "step_time_bounds", "fsdp_bytes", "plan", "ByteCounter", "counting_allreduce_hook", "CollectiveCounter",
+    "BACKWARD_FRACTION", "step_time_bounds", "fsdp_bytes", "plan", "ByteCounter", "counting_allreduce_hook",
+    "CollectiveCounter",
     "build_model", "make_batch", "forward_backward", "make_optimizer", "train_step", "wrap_ddp", "wrap_fsdp",
     "peak_bytes", "state_bytes", "launch", "DistributedJobError",
 ]
@@ -68,7 +69,8 @@ DDP_FIRST_BUCKET_MB = 1.0  # its first bucket (the last layers' gradients) when 
 MODELS: dict[str, TransformerConfig] = {
     # the notebook's live run: trains in milliseconds on one CPU core
     "tiny": TransformerConfig(vocab_size=128, max_seq_len=32, d_model=64, n_heads=4, n_layers=2, d_mlp=256),
-    # wider, 16 MB of fp32 gradients: on CPUs joined by TCP, all-reducing them takes as long as the step
+    # wider: 14.8 MB of float32 gradients per step; between two CPU processes over TCP their all-reduce takes
+    # about 10 to 30 ms, a sizeable part of a 30 to 150 ms step (chapter 08 measures both, live)
     "wide": TransformerConfig(vocab_size=1024, max_seq_len=32, d_model=256, n_heads=4, n_layers=4, d_mlp=1024),
     # GPT-2 small's shape (124,439,808 parameters, tied embeddings), the recorded GPU runs
     "gpt2-small": TransformerConfig.gpt2_small(),
@@ -143,7 +145,8 @@ def ring_factor(world_size: int) -> float:
 
     The buffer is cut into N chunks. A reduce-scatter passes chunks round the ring N-1 times (each
     rank ends with the sum of one chunk), an all-gather passes the sums round N-1 more times: 2(N-1)
-    chunks of size 1/N each. It tends to 2: the traffic per rank hardly grows with N.
+    chunks of size 1/N each. It tends to 2: the *bandwidth* term hardly grows with N. The ring's
+    latency term does: 2(N-1) messages one after the other, which is what small (LoRA) buckets pay.
     """
     n = _positive_int(world_size, "world_size")
     return 2 * (n - 1) / n
@@ -176,22 +179,35 @@ def ring_allreduce_seconds(n_bytes: float, world_size: int, bus_bandwidth: float
         bus_bandwidth, "bus_bandwidth")
 
 
-def step_time_bounds(compute_s: float, allreduce_s: float, backward_fraction: float = 2 / 3) -> tuple[float, float]:
+# The part of a step that the backward pass takes (its FLOPs over forward + backward): full fine-tuning
+# computes input *and* weight gradients (twice the forward's FLOPs); LoRA's frozen weights get no weight
+# gradient, so its backward costs about as much as its forward.
+BACKWARD_FRACTION = {"full": 2 / 3, "lora": 1 / 2}
+
+
+def step_time_bounds(compute_s: float, allreduce_s: float, backward_fraction: float = 2 / 3,
+                     last_bucket_s: float = 0.0) -> tuple[float, float]:
     """The time of a data-parallel step, ``(best, worst)``, from its parts.
 
     ``compute_s``: the step without communication; ``allreduce_s``: the all-reduces of one step on their
     own (:func:`ring_allreduce_seconds`). At best they hide behind the backward pass
-    (``backward_fraction`` of the step: about 2/3, since backward costs twice the forward's FLOPs) and
-    only the excess shows; at worst nothing overlaps::
+    (``backward_fraction`` of the step, :data:`BACKWARD_FRACTION`: about 2/3 for full fine-tuning, 1/2
+    for LoRA) -- except the last bucket's all-reduce (``last_bucket_s``), which can only start when
+    backward ends -- and only the excess shows; at worst nothing overlaps::
 
-        compute + max(0, allreduce - backward)  <=  step  <=  compute + allreduce
+        compute + max(last_bucket, allreduce - backward)  <=  step  <=  compute + allreduce
+
+    Both ends assume the computation does not slow down while the bytes travel (spare hardware for the
+    communication); on a machine whose cores are all busy that fails, and a step can exceed the upper end.
     """
     c, a = _positive(compute_s, "compute_s"), float(allreduce_s)
     if not (a >= 0 and math.isfinite(a)):
         raise ValueError(f"allreduce_s must be a number >= 0, got {allreduce_s!r}.")
     if not 0 < backward_fraction < 1:
         raise ValueError(f"backward_fraction must be between 0 and 1, got {backward_fraction!r}.")
-    return c + max(0.0, a - backward_fraction * c), c + a
+    if isinstance(last_bucket_s, bool) or not isinstance(last_bucket_s, (int, float)) or not 0 <= last_bucket_s <= a:
+        raise ValueError(f"last_bucket_s must be a number between 0 and allreduce_s = {a:g}, got {last_bucket_s!r}.")
+    return c + max(float(last_bucket_s), a - backward_fraction * c), c + a
 
 
 def _sharded_bytes(p: torch.Tensor, world_size: int) -> int:
@@ -226,7 +242,7 @@ def fsdp_bytes(model: nn.Module, world_size: int, units: str = "blocks") -> dict
 
 
 def plan(n_params: int, n_trainable: int, world_size: int, strategy: str, weight_bytes: int = 2,
-         grad_bytes: int = 4, state_bytes: int = 12) -> dict[str, float]:
+         grad_bytes: int = 4, state_bytes: int = 12, gathered_params: int = 0) -> dict[str, float]:
     """Memory per GPU and bytes each GPU sends per step, for a model too big to try (on paper).
 
     Assumptions (state them when you quote the result): every rank computes with ``weight_bytes`` per
@@ -236,9 +252,13 @@ def plan(n_params: int, n_trainable: int, world_size: int, strategy: str, weight
 
     - ``"ddp"``: everything replicated; traffic ``2(N-1)/N`` times the gradients.
     - ``"fsdp"``: everything sharded N ways; traffic ``(N-1)/N`` times two all-gathers of the weights
-      (forward and backward) plus one reduce-scatter of the gradients.
+      (forward and backward) plus one reduce-scatter of the gradients. While a step runs, FSDP also
+      holds whole *gathered units*: ``gathered_params`` is how many parameters are gathered at once
+      (FSDP2's root unit stays gathered from forward to backward, and the next block is prefetched while
+      one computes: root + two blocks), counted at ``weight_bytes`` on every GPU.
 
-    Returns ``{"memory": bytes per GPU, "traffic": bytes per GPU per step}``.
+    Returns ``{"memory": bytes per GPU at the peak, "sharded": the part that is 1/N, "traffic": bytes
+    per GPU per step}`` (for DDP ``sharded`` is 0).
     """
     for value, name in ((n_params, "n_params"), (world_size, "world_size")):
         _positive_int(value, name)
@@ -246,12 +266,17 @@ def plan(n_params: int, n_trainable: int, world_size: int, strategy: str, weight
         raise ValueError(f"n_trainable must be an int between 0 and n_params = {n_params}, got {n_trainable!r}.")
     if strategy not in ("ddp", "fsdp"):
         raise ValueError(f"strategy must be 'ddp' or 'fsdp', got {strategy!r}.")
+    if (isinstance(gathered_params, bool) or not isinstance(gathered_params, int)
+            or not 0 <= gathered_params <= n_params):
+        raise ValueError(f"gathered_params must be an int between 0 and n_params = {n_params}, "
+                         f"got {gathered_params!r}.")
     weights, grads = n_params * weight_bytes, n_trainable * grad_bytes
     memory = weights + grads + n_trainable * state_bytes
     if strategy == "ddp":
-        return {"memory": float(memory), "traffic": ring_factor(world_size) * grads}
+        return {"memory": float(memory), "sharded": 0.0, "traffic": ring_factor(world_size) * grads}
     shard = (world_size - 1) / world_size
-    return {"memory": memory / world_size, "traffic": shard * (2 * weights + grads)}
+    return {"memory": memory / world_size + gathered_params * weight_bytes, "sharded": memory / world_size,
+            "traffic": shard * (2 * weights + grads)}
 
 
 # --------------------------------------------------------------------------- measuring
@@ -465,21 +490,12 @@ def state_bytes(model: nn.Module, optimizer: torch.optim.Optimizer | None = None
 def peak_bytes(step: Any, model: nn.Module, optimizer: torch.optim.Optimizer | None = None) -> int:
     """Peak bytes while ``step()`` runs on this rank: ``torch.cuda.max_memory_allocated`` on a GPU;
     on a CPU, :class:`lora_edu.memory.MemoryTracker` plus the weights, gradients and optimizer state."""
-    from lora_edu.memory import MemoryTracker, measure_peak
+    from lora_edu.memory import measure_peak
 
     device = next(model.parameters()).device
     if device.type == "cuda":
         return measure_peak(step, device=device)
-
-    class ShardTracker(MemoryTracker):
-        def _track(self, t: Any) -> None:
-            if not hasattr(t, "to_local"):  # an FSDP2 DTensor has no storage of its own: its shard is counted
-                super()._track(t)
-
-    with ShardTracker() as mem:
-        mem.add_existing(_local(t) for t in _held(model, optimizer))
-        step()
-    return mem.peak
+    return measure_peak(step, existing=_held(model, optimizer))  # a DTensor counts as its local shard
 
 
 def _held(model: nn.Module, optimizer: torch.optim.Optimizer | None) -> list[torch.Tensor]:
@@ -537,6 +553,14 @@ class _Run:
         return make_batch(self.config, a.batch, a.seq, self.rank if rank is None else rank, step, a.seed,
                           self.device)
 
+    def resident(self) -> int | None:
+        """Bytes allocated on this rank's GPU right before a measured step: the model's own state plus
+        anything an earlier task left behind (None on a CPU). A peak minus it is what the step added."""
+        if self.device.type != "cuda":
+            return None
+        _sync(self.device)
+        return torch.cuda.memory_allocated(self.device)
+
     def save_tensors(self, name: str, tensors: dict[str, torch.Tensor]) -> None:
         if self.args.tensors and self.rank == 0:
             from safetensors.torch import save_file
@@ -568,7 +592,10 @@ class _Run:
             losses.append(float(loss))
         sizes = list(counter.sizes)
         self.ddp_buckets[mode] = sizes
-        self.final[mode] = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        # kept on the CPU: a copy on the GPU would sit in every later peak (the 2026-11-30 record has 0.46 GiB of it)
+        self.final[mode] = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters()
+                            if p.requires_grad}
+        resident = self.resident()
         peak = peak_bytes(lambda: train_step(ddp, opt, self.batch(a.steps), a.amp), model, opt) if self.peak else None
         mean_loss = torch.tensor(losses, dtype=torch.float64, device=self.device)
         dist.all_reduce(mean_loss)
@@ -580,6 +607,7 @@ class _Run:
             "broadcast_bytes": construction.total("broadcast", floating_only=True),
             "loss_rank0": losses, "loss_mean": (mean_loss / self.world).tolist(),
             "state_bytes": _gather(state_bytes(model, opt)), "peak_bytes": _gather(peak) if self.peak else None,
+            "resident_bytes": _gather(resident),
         }
         if mode == "lora" and a.tensors:
             probe = make_batch(self.config, 2, a.seq, rank=99, seed=a.seed, device=self.device)[:, :-1]
@@ -613,6 +641,9 @@ class _Run:
         else:  # "alone": rank 0 steps the bare model (no DDP, nothing sent) while the others wait
             ddp = wrap_ddp(model)
             variants = {"allreduce": (ddp, None), "no_sync": (ddp, ddp.no_sync), "alone": (model, None)}
+        # One model and optimizer for every variant, which is fine for *timing* only: under no_sync (and rank 0
+        # alone) each rank steps on its own gradients, so the ranks' weights drift apart and the "allreduce"
+        # series then averages gradients of different models. Never train like this.
         times: dict[str, list[float]] = {k: [] for k in variants}
         step = 0
         for rep in range(a.repeats):
@@ -644,6 +675,12 @@ class _Run:
         if self.world > 1:  # the slowdown of a step, split: sharing the machine, then waiting for the bytes
             out["exposed_comm_s"] = out["allreduce"]["median_s"] - out["no_sync"]["median_s"]
             out["efficiency"] = out["alone"]["median_s"] / out["allreduce"]["median_s"]
+            # the same, series by series (each series of every variant ran side by side): their spread is
+            # the measurement's own uncertainty, to quote with the medians
+            series = {k: [statistics.median(t[i:i + a.steps]) for i in range(0, len(t), a.steps)]
+                      for k, t in ((k, out[k]["steps_s"]) for k in ("alone", "no_sync", "allreduce"))}
+            out["efficiency_series"] = [x / y for x, y in zip(series["alone"], series["allreduce"])]
+            out["exposed_comm_series_s"] = [x - y for x, y in zip(series["allreduce"], series["no_sync"])]
         return out
 
     # ----- FSDP2: its collectives, its memory, and the same result as DDP
@@ -669,11 +706,13 @@ class _Run:
                                                         if p.grad is not None)),
                "state_bytes": _gather(state_bytes(model, opt))}
         if mode in self.final and units == "blocks":  # the ddp task ran the same steps on the same data
-            full = {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach()  # a collective: all ranks
-                    for n, p in model.named_parameters() if p.requires_grad}
+            full = {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().cpu()  # a collective:
+                    for n, p in model.named_parameters() if p.requires_grad}                # every rank calls it
             diffs = [(w - self.final[mode][n]).abs().max() for n, w in full.items()]
             out["max_abs_diff_vs_ddp"] = float(max(diffs))
+            del full
         if self.peak:
+            out["resident_bytes"] = _gather(self.resident())
             out["peak_bytes"] = _gather(peak_bytes(lambda: train_step(model, opt, self.batch(a.steps), a.amp),
                                                    model, opt))
         return out
@@ -730,27 +769,35 @@ class _Run:
             return float(t)
 
         seconds = [timed([s], a.iters) for s in sizes]
-        # the model's two numbers: the fixed cost is the quickest all-reduce (a small one; the minimum is robust
-        # to a busy machine), the bandwidth is the bus bandwidth of the largest message
-        latency, bus = min(seconds), bus_bandwidth(sizes[-1], seconds[-1], self.world)
+        # the model's two numbers: the fixed cost is the quickest all-reduce of any size (every size pays it;
+        # on NVLink everything up to 1 MiB takes the same time, and on a busy CPU the smallest message is not
+        # always the quickest), the bandwidth is the bus bandwidth of the largest message. The JSON names the
+        # size that gave the latency. (The 2026-11-30 record predates this rule: its latency is its first,
+        # smallest size, 4 KB, and its JSON has no "model_latency_rule".)
+        quickest = min(range(len(sizes)), key=seconds.__getitem__)
+        latency, bus = seconds[quickest], bus_bandwidth(sizes[-1], seconds[-1], self.world)
         out: dict[str, Any] = {"sizes": sizes, "seconds": seconds,
                                "bus_bandwidth": [bus_bandwidth(s, t, self.world) for s, t in zip(sizes, seconds)],
-                               "model_latency_s": latency, "model_bus_bandwidth": bus, "schedule": {}}
+                               "model_latency_s": latency, "model_latency_size": sizes[quickest],
+                               "model_latency_rule": "the quickest all-reduce of any size",
+                               "model_bus_bandwidth": bus, "schedule": {}}
         for mode, buckets in self.ddp_buckets.items():  # each step's buckets, one all-reduce each
             out["schedule"][mode] = {
                 "bucket_bytes": buckets, "measured_s": timed(buckets, a.iters),
                 "predicted_s": sum(ring_allreduce_seconds(b, self.world, bus, latency) for b in buckets)}
         return out
 
-    # ----- FSDP1's FlatParameter: the uniform-requires_grad error (it runs on GPUs only)
+    # ----- FSDP1's FlatParameter: the uniform-requires_grad error (gloo on CPUs or NCCL on GPUs)
     def fsdp1(self) -> dict[str, Any]:
         import functools
+        import warnings
 
         from torch.distributed.fsdp import FullyShardedDataParallel as FSDP1
         from torch.distributed.fsdp.wrap import lambda_auto_wrap_policy
 
         from lora_edu.transformer import Block
 
+        cuda = self.device.type == "cuda"
         out: dict[str, Any] = {}
         for name, use_orig, uniform in (("blocks_flat", False, False), ("blocks_orig_params", True, False),
                                         ("uniform_units", False, True)):
@@ -760,20 +807,24 @@ class _Run:
                     layer.impl = "reference"
             rule = _uniform_units(model) if uniform else (lambda m: isinstance(m, Block))
             try:
-                wrapped = FSDP1(model, auto_wrap_policy=functools.partial(lambda_auto_wrap_policy, lambda_fn=rule),
-                                use_orig_params=use_orig, device_id=self.device)
-                torch.cuda.synchronize()
-                before = torch.cuda.memory_allocated()
+                with warnings.catch_warnings():  # FSDP1 is deprecated in favour of fully_shard: we know
+                    warnings.simplefilter("ignore", FutureWarning)
+                    wrapped = FSDP1(model, auto_wrap_policy=functools.partial(lambda_auto_wrap_policy,
+                                                                              lambda_fn=rule),
+                                    use_orig_params=use_orig, device_id=self.device)
+                _sync(self.device)
+                before = torch.cuda.memory_allocated() if cuda else 0
                 forward_backward(wrapped, self.batch(0), self.args.amp)
-                torch.cuda.synchronize()
+                _sync(self.device)
                 out[name] = {"ok": True, "gradient_bytes_per_rank": sum(g.numel() * g.element_size()
                                                                         for g in _flat_grads(wrapped)),
-                             "allocated_after_backward": torch.cuda.memory_allocated() - before}
+                             "allocated_after_backward": torch.cuda.memory_allocated() - before if cuda else None}
                 del wrapped
             except Exception as err:  # noqa: BLE001 -- the error is the result
                 out[name] = {"ok": False, "error": f"{type(err).__name__}: {_first_line(err)}"}
             del model
-            torch.cuda.empty_cache()
+            if cuda:
+                torch.cuda.empty_cache()
         return out
 
 
@@ -803,24 +854,39 @@ def _flat_grads(model: nn.Module) -> list[torch.Tensor]:
 # --------------------------------------------------------------------------- the command line
 
 
+TASKS = ("ddp", "compress", "timing", "fsdp", "pitfalls", "bandwidth", "fsdp1")
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # a ValueError naming the argument, instead of printing usage and exit(2)
+        raise ValueError(f"lora_edu.distributed: {message} (see --help)")
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="torchrun --nproc_per_node N -m lora_edu.distributed",
-                                description="Data-parallel full fine-tuning and LoRA: bytes, time, memory (JSON).")
+    p = _Parser(prog="torchrun --nproc_per_node N -m lora_edu.distributed",
+                description="Data-parallel full fine-tuning and LoRA: bytes, time, memory (JSON).")
     p.add_argument("--tasks", default="ddp",
                    help="comma list of ddp, compress, timing, fsdp, pitfalls, bandwidth, fsdp1")
     p.add_argument("--modes", default="full,lora", help="comma list of full, lora")
     p.add_argument("--model", default="tiny", choices=sorted(MODELS))
-    p.add_argument("--batch", type=int, default=2, help="sequences per rank and step")
-    p.add_argument("--seq", type=int, default=16, help="tokens per sequence")
-    p.add_argument("--lora-r", dest="r", type=int, default=8, help="LoRA rank r")
+    p.add_argument("--batch", type=_count, default=2, help="sequences per rank and step")
+    p.add_argument("--seq", type=_count, default=16, help="tokens per sequence")
+    p.add_argument("--lora-r", dest="r", type=_count, default=8, help="LoRA rank r")
     p.add_argument("--targets", default="q_proj,v_proj")
     p.add_argument("--amp", choices=["none", "bf16"], default="none", help="bf16 autocast (float32 weights)")
     p.add_argument("--bucket-cap-mb", type=float, default=None, help="DDP's bucket cap (default: DDP's own)")
-    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--steps", type=_count, default=3)
     p.add_argument("--warmup", type=int, default=2, help="timing: untimed steps before each timed series")
-    p.add_argument("--repeats", type=int, default=3, help="timing: series per variant, interleaved")
+    p.add_argument("--repeats", type=_count, default=3, help="timing: series per variant, interleaved")
     p.add_argument("--sizes", default="4096,65536,1048576,8388608", help="bandwidth: bytes per all-reduce")
-    p.add_argument("--iters", type=int, default=5, help="bandwidth: timed all-reduces per size")
+    p.add_argument("--iters", type=_count, default=5, help="bandwidth: timed all-reduces per size")
     p.add_argument("--peak", choices=["auto", "on", "off"], default="auto",
                    help="measure each rank's peak memory (auto: on GPUs; on CPUs it is slow)")
     p.add_argument("--seed", type=int, default=0)
@@ -872,12 +938,8 @@ def run(args: argparse.Namespace, save: Any = None) -> dict[str, Any]:
     a later task fails. A task that raises on every rank alike (a PyTorch version without a feature)
     is recorded as ``{"error": ...}`` and the next task runs.
     """
+    tasks, modes = _tasks_and_modes(args)
     job = _Run(args)
-    modes = [m for m in args.modes.split(",") if m]
-    tasks = [t for t in args.tasks.split(",") if t]
-    unknown = sorted(set(tasks) - {"ddp", "compress", "timing", "fsdp", "pitfalls", "bandwidth", "fsdp1"})
-    if unknown or not modes or not set(modes) <= {"full", "lora"}:
-        raise ValueError(f"--tasks has unknown entries {unknown} or --modes {modes} is not a list of full, lora")
     t0 = time.perf_counter()
     out: dict[str, Any] = {
         "world_size": job.world, "backend": dist.get_backend(), "device": job.device.type,
@@ -890,10 +952,8 @@ def run(args: argparse.Namespace, save: Any = None) -> dict[str, Any]:
     for task in tasks:
         t_task = time.perf_counter()
         try:
-            if task in ("pitfalls", "compress", "bandwidth"):
+            if task in ("pitfalls", "compress", "bandwidth", "fsdp1"):
                 out[task] = getattr(job, task)()
-            elif task == "fsdp1":
-                out[task] = job.fsdp1() if job.device.type == "cuda" else {"skipped": "FSDP1 runs on GPUs only"}
             elif task == "fsdp":
                 out[task] = {m: job.fsdp(m) for m in modes}
                 if "lora" in modes:
@@ -911,16 +971,36 @@ def run(args: argparse.Namespace, save: Any = None) -> dict[str, Any]:
     return out
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def _tasks_and_modes(args: argparse.Namespace) -> tuple[list[str], list[str]]:
+    tasks = [t for t in args.tasks.split(",") if t]
+    modes = [m for m in args.modes.split(",") if m]
+    unknown = sorted(set(tasks) - set(TASKS))
+    if unknown or not tasks:
+        raise ValueError(f"--tasks must be a comma list of {', '.join(TASKS)}; got {args.tasks!r}")
+    if not modes or not set(modes) <= {"full", "lora"}:
+        raise ValueError(f"--modes must be a comma list of full, lora; got {args.modes!r}")
+    return tasks, modes
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line, checked: a ValueError naming the argument if anything is wrong."""
     args = _parser().parse_args(argv)
+    _tasks_and_modes(args)
     args.targets = [t for t in args.targets.split(",") if t]
     args.sizes = [s for s in args.sizes.split(",") if s]
     args.amp = None if args.amp == "none" else args.amp
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
     rank = int(os.environ.get("RANK", "0"))
-    run_dir = Path(args.run_dir) if args.run_dir else None
+    # the run folder first, so that even a bad command line leaves its error there for launch() to report
+    run_dir = Path(argv[argv.index("--run-dir") + 1]) if "--run-dir" in argv[:-1] else None
     if run_dir:
         (run_dir / f"rank{rank}.pid").write_text(str(os.getpid()))
     try:
+        args = _parse(argv)
         if "RANK" not in os.environ:
             raise RuntimeError("start this module with torchrun: torchrun --standalone --nproc_per_node 2 "
                                "-m lora_edu.distributed ... (or call lora_edu.distributed.launch from Python)")
@@ -978,11 +1058,16 @@ def _stop(proc: subprocess.Popen, run_dir: Path, grace_s: float = 10.0) -> None:
         pid = int(pid_file.read_text() or 0)
         if pid and _alive(pid):
             os.kill(pid, signal.SIGKILL)
+    try:  # the last sweep: torchrun was started in a session of its own, whose process group id is its pid;
+        os.killpg(proc.pid, signal.SIGKILL)  # this reaches a worker that hung before writing its pid file
+    except (ProcessLookupError, PermissionError):
+        pass  # nothing of the job is left
 
 
-def _explain(run_dir: Path, stderr: str) -> str:
+def _explain(run_dir: Path, stderr: str, returncode: int | None = None) -> str:
     """One clear line per rank that failed, the cause first: an exception of its own, then a death by a
-    signal, then the errors that follow from a lost peer, then the ranks that torchrun stopped."""
+    signal or an exit code of its own, then the errors that follow from a lost peer, then the ranks that
+    torchrun stopped. Never empty: without any of these it names torchrun's own exit code."""
     found: list[tuple[int, str]] = []
     for path in sorted(run_dir.glob("rank*.error.json")):
         e = json.loads(path.read_text())
@@ -990,13 +1075,23 @@ def _explain(run_dir: Path, stderr: str) -> str:
         follows = any(w in first for w in ("peer", "Timed out", "timed out", "Connection"))
         found.append((2 if follows else 0, f"rank {e['rank']} failed with {e['type']}: {first}"))
     for rank, code in re.findall(r"rank\s*:\s*(\d+).*?\n\s*exitcode\s*:\s*(-?\d+)", stderr):
-        if int(code) < 0 and not any(f"rank {rank} " in line for _, line in found):
+        if int(code) == 0 or any(f"rank {rank} " in line for _, line in found):
+            continue
+        if int(code) > 0:  # an exit of its own (sys.exit, a usage error) without an error file
+            found.append((1, f"rank {rank} exited with code {code}"))
+            continue
+        try:
             sig = signal.Signals(-int(code)).name
-            found.append((3, f"rank {rank} was stopped by torchrun ({sig})") if sig == "SIGTERM"
-                         else (1, f"rank {rank} was killed by signal {sig}"))
+        except ValueError:
+            sig = f"number {-int(code)}"
+        found.append((3, f"rank {rank} was stopped by torchrun ({sig})") if sig == "SIGTERM"
+                     else (1, f"rank {rank} was killed by signal {sig}"))
     lines = [line for _, line in sorted(found, key=lambda x: x[0])]
+    headline = "; ".join(dict.fromkeys(lines)) or (
+        f"torchrun exited with code {returncode} and no rank reported an error" if returncode is not None
+        else "no rank reported an error")
     tail = "\n".join(stderr.strip().splitlines()[-15:])
-    return "; ".join(dict.fromkeys(lines)) + f"\n--- the end of torchrun's output ---\n{tail}"
+    return headline + f"\n--- the end of torchrun's output ---\n{tail}"
 
 
 def _run_job(cmd: list[str], run_dir: Path, timeout: float, env: dict[str, str]) -> None:
@@ -1016,13 +1111,14 @@ def _run_job(cmd: list[str], run_dir: Path, timeout: float, env: dict[str, str])
     finally:
         _stop(proc, run_dir)
     if proc.returncode != 0:
-        raise DistributedJobError(_explain(run_dir, stderr or f"exit code {proc.returncode}"))
+        raise DistributedJobError(_explain(run_dir, stderr or "", proc.returncode))
 
 
 def launch(args: Iterable[str] = (), nproc: int = 2, timeout: float = 120.0,
            env: dict[str, str] | None = None) -> dict[str, Any]:
     """Run ``torchrun --standalone --nproc_per_node nproc -m lora_edu.distributed *args`` and return its JSON.
 
+    The arguments are checked first (a ``ValueError`` naming the wrong one, before any process starts).
     ``--standalone`` picks a free port, so jobs never collide. The workers use one thread each
     (``OMP_NUM_THREADS=1``) unless ``env`` says otherwise. When a rank raises or dies, torchrun stops
     the others and this raises :class:`DistributedJobError` naming the rank and its error. After
@@ -1031,10 +1127,12 @@ def launch(args: Iterable[str] = (), nproc: int = 2, timeout: float = 120.0,
     """
     _positive_int(nproc, "nproc")
     _positive(timeout, "timeout")
+    args = [str(a) for a in args]
+    _parse(args)  # a bad command line is a ValueError here, before any process starts
     with tempfile.TemporaryDirectory(prefix="lora_edu_dist_") as tmp:
         run_dir, out = Path(tmp), Path(tmp) / "result.json"
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-               "-m", "lora_edu.distributed", *map(str, args), "--out", str(out), "--run-dir", str(run_dir)]
+               "-m", "lora_edu.distributed", *args, "--out", str(out), "--run-dir", str(run_dir)]
         _run_job(cmd, run_dir, timeout, {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
         return json.loads(out.read_text())
 

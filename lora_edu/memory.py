@@ -367,7 +367,9 @@ class MemoryTracker:
     ``torch.cuda.max_memory_allocated`` exists only on CUDA. This tracker works everywhere: as a
     ``TorchDispatchMode`` it sees every tensor an operation creates (the backward pass too), adds its
     storage's size to a running total, and subtracts it when the storage is freed. Tensors that
-    existed before (the weights, the optimizer state) are added with :meth:`add_existing`.
+    existed before (the weights, the optimizer state) are added with :meth:`add_existing`. A tensor
+    subclass that wraps other tensors (a ``DTensor``, e.g. an FSDP2 parameter) is counted by the tensors
+    it wraps (its local shard), since it has no storage of its own.
 
     Example::
 
@@ -378,7 +380,8 @@ class MemoryTracker:
     """
 
     def __init__(self) -> None:
-        from torch.utils._python_dispatch import TorchDispatchMode
+        import torch
+        from torch.utils._python_dispatch import TorchDispatchMode, is_traceable_wrapper_subclass
 
         tracker = self
 
@@ -389,6 +392,8 @@ class MemoryTracker:
                 return out
 
         self._mode = _Mode()
+        self._tensor = torch.Tensor
+        self._wraps_others = is_traceable_wrapper_subclass
         self._live: dict[int, int] = {}
         self.current = 0
         self.peak = 0
@@ -402,6 +407,12 @@ class MemoryTracker:
                 self._track(t)
 
     def _track(self, t: Any) -> None:
+        if self._wraps_others(t):  # a tensor that wraps others (an FSDP2 DTensor wraps this rank's
+            for name in t.__tensor_flatten__()[0]:  # shard) has no storage of its own: count what it wraps
+                inner = getattr(t, name)
+                if isinstance(inner, self._tensor):  # (a DTensor also lists its device mesh)
+                    self._track(inner)
+            return
         storage = t.untyped_storage()
         key, size = storage.data_ptr(), storage.nbytes()
         if size == 0 or key in self._live:

@@ -36,19 +36,27 @@ def test_right_answers_pass(capsys):
     assert capsys.readouterr().out.count("✅ Correct") == 10
 
 
-@pytest.mark.parametrize("wrong, message", [
-    (LORA16 // 4, "entries, not bytes"), (LORA16 // 2, "half the answer"), (LORA16 // 12, "one layer"),
-    (2 * LORA16, "twice the buffer"), (12 * 4 * 16 * 16 * 4, "r²"), (FULL, "not right"),
-    ("4.7 MB", "should be a number"),
+@pytest.mark.parametrize("wrong, messages", [
+    # r = 8 on W_q, W_v (the chapter's adapter, the likeliest slip) is also the number of entries: both named
+    # (it got only "entries, not bytes" before)
+    (12 * 2 * 8 * 1536 * 4, ["chapter's adapter, r = 8 on W_q and W_v", "entries, not bytes"]),
+    # half: r = 8, two matrices, one of A and B or bfloat16 -- each named (only "A and B" before)
+    (LORA16 // 2, ["uses r = 8", "two matrices", "one of A and B", "bfloat16"]),
+    (LORA16 // 12, ["one layer"]), (2 * LORA16, ["twice the buffer"]), (12 * 4 * 16 * 16 * 4, ["r²"]),
+    (4.72e6, ["rounded"]),   # a rounded number typed in (a bare "not right" before)
+    (FULL, ["not right"]), ("4.7 MB", ["should be a number"]),
 ])
-def test_allreduce_bytes_slips(wrong, message):
-    with pytest.raises(Feedback, match=message):
+def test_allreduce_bytes_slips(wrong, messages):
+    with pytest.raises(Feedback) as info:
         check_allreduce_bytes(wrong, n_layers=12, d_model=768, r=16, n_targets=4)
+    for message in messages:
+        assert message in str(info.value)
 
 
 @pytest.mark.parametrize("wrong, message", [
     (FULL / 25e9, "leaves out the ring"), (2 * FULL / 25e9, "uses 2 instead"), (7 / 8 * FULL / 25e9, "only the reduce"),
     (1000 * 2 * 7 / 8 * FULL / 25e9, "milliseconds"), (8 * 2 * 7 / 8 * FULL / 25e9, "bits"), (1.0, "not right"),
+    (0.0348, "rounded"),
 ])
 def test_ring_seconds_slips(wrong, message):
     with pytest.raises(Feedback, match=message):
@@ -95,7 +103,8 @@ def test_unused_trainable_slips():
     (check_fsdp1_units, "per_layer", "not one of the choices"),
     (check_save_plan, "rank0_gathers_and_writes", "collective"),
     (check_save_plan, "everyone_gathers_and_writes", "same file"),
-    (check_save_plan, "each_writes_its_shard", "wrong shapes"), (check_save_plan, "rank 0", "not one of"),
+    (check_save_plan, "each_writes_its_shard", "torch.distributed.checkpoint"),
+    (check_save_plan, "each_writes_its_shard", "a single process loads"), (check_save_plan, "rank 0", "not one of"),
 ])
 def test_choice_slips(check, wrong, message):
     with pytest.raises(Feedback, match=message):
@@ -105,15 +114,26 @@ def test_choice_slips(check, wrong, message):
 @pytest.mark.parametrize("wrong, message", [
     (0.0436 / 0.0428, "inverse"), (2 * 0.0428 / 0.0436, "speed-up"), (100 * 0.0428 / 0.0436, "percentage"),
     (1 - 0.0428 / 0.0436, "loss"), (0.5, "not right"),
+    (1 - (0.0436 - 0.0428) / 0.0428, "relative slowdown"),   # within 0.04 % of the answer: passed before
+    (0.98, "rounded"),
 ])
 def test_scaling_efficiency_slips(wrong, message):
     with pytest.raises(Feedback, match=message):
         check_scaling_efficiency(wrong, t_one=0.0428, t_two=0.0436)
 
 
+def test_scaling_efficiency_on_the_recorded_full_fine_tuning_medians():
+    t_one, t_two = 0.047346783999998365, 0.051338448500004574   # the chapter's exercise
+    check_scaling_efficiency(t_one / t_two, t_one=t_one, t_two=t_two)
+    for wrong, message in ((2 - t_two / t_one, "relative slowdown"), (0.922, "rounded"), (47.3 / 51.3, "rounded")):
+        with pytest.raises(Feedback, match=message):
+            check_scaling_efficiency(wrong, t_one=t_one, t_two=t_two)
+
+
 @pytest.mark.parametrize("wrong, message", [
     (FULL / 0.035, "leaves out the ring"), (2 * 7 / 8 * FULL / 0.035 / 1e9, "GB/s"),
     (0.035 / (2 * 7 / 8 * FULL), "upside down"), (2 * FULL / 0.035, "uses 2 instead"), (1e9, "not right"),
+    (24.9e9, "rounded"),
 ])
 def test_break_even_bandwidth_slips(wrong, message):
     with pytest.raises(Feedback, match=message):
@@ -125,6 +145,8 @@ def test_break_even_bandwidth_slips(wrong, message):
     ((P70 * 2 + T70 * 16) / 8 / 2**30, "in GiB"), ((P70 * 4 + T70 * 16) / 8, "float32"),
     (P70 * 2 / 8, "leaves out the adapters"), (P70 * 2 / 8 + T70 * 16, "shards the weights but not"),
     (1.0, "not right"),
+    # 12 or 18 bytes per adapter parameter are within 0.05 % of the answer: both passed before
+    ((P70 * 2 + T70 * 12) / 8, "12 bytes"), ((P70 * 2 + T70 * 18) / 8, "18 bytes"), (17.25e9, "rounded"),
 ])
 def test_fsdp_lora_memory_slips(wrong, message):
     with pytest.raises(Feedback, match=message):

@@ -16,9 +16,9 @@ import pytest
 import torch
 from torch import nn
 
-from lora_edu.distributed import (DistributedJobError, MODELS, _run_job, build_model, bus_bandwidth, ddp_buckets,
-                                  forward_backward, fsdp_bytes, gradient_bytes, launch, main, make_batch, plan,
-                                  ring_allreduce_seconds, ring_factor, step_time_bounds)
+from lora_edu.distributed import (BACKWARD_FRACTION, MODELS, DistributedJobError, _explain, _run_job, build_model,
+                                  bus_bandwidth, ddp_buckets, forward_backward, fsdp_bytes, gradient_bytes, launch,
+                                  main, make_batch, plan, ring_allreduce_seconds, ring_factor, step_time_bounds)
 from lora_edu.lora import count_parameters, load_adapter, merge_lora
 from lora_edu.memory import TransformerShape, lora_parameters
 
@@ -99,10 +99,18 @@ def test_step_time_bounds():
     assert step_time_bounds(0.030, 0.002) == pytest.approx((0.030, 0.032))   # hidden behind a 20 ms backward
     assert step_time_bounds(0.030, 0.050) == pytest.approx((0.060, 0.080))   # 30 ms of it cannot hide
     assert step_time_bounds(0.030, 0.0) == (0.030, 0.030)
+    # the last bucket is ready only when backward ends: it never hides, however short the rest
+    assert step_time_bounds(0.030, 0.002, last_bucket_s=0.0007) == pytest.approx((0.0307, 0.032))
+    assert step_time_bounds(0.030, 0.050, last_bucket_s=0.001) == pytest.approx((0.060, 0.080))
+    # LoRA's backward has no weight gradients: half the step, not two thirds
+    assert BACKWARD_FRACTION == {"full": pytest.approx(2 / 3), "lora": pytest.approx(1 / 2)}
+    assert step_time_bounds(0.030, 0.020, BACKWARD_FRACTION["lora"]) == pytest.approx((0.035, 0.050))
     with pytest.raises(ValueError, match="compute_s"):
         step_time_bounds(0, 1)
     with pytest.raises(ValueError, match="backward_fraction"):
         step_time_bounds(1, 1, backward_fraction=1.5)
+    with pytest.raises(ValueError, match="last_bucket_s"):
+        step_time_bounds(1, 0.1, last_bucket_s=0.2)
 
 
 def test_ddp_buckets_match_pytorchs_own_bucket_assignment():
@@ -143,7 +151,13 @@ def test_plan_by_hand():
     assert fsdp["memory"] == pytest.approx((p * 2 + t * 16) / 8)
     assert fsdp["traffic"] == pytest.approx(7 / 8 * (2 * p * 2 + t * 4))
     full = plan(p, p, 64, "fsdp")
-    assert full["memory"] == pytest.approx(p * 18 / 64)
+    assert full["memory"] == pytest.approx(p * 18 / 64) == full["sharded"]
+    gathered = plan(p, t, 8, "fsdp", gathered_params=600_000_000)  # e.g. the root and two blocks, whole
+    assert gathered["memory"] == pytest.approx((p * 2 + t * 16) / 8 + 600_000_000 * 2)
+    assert gathered["sharded"] == pytest.approx(fsdp["memory"]) and gathered["traffic"] == fsdp["traffic"]
+    assert ddp["sharded"] == 0
+    with pytest.raises(ValueError, match="gathered_params"):
+        plan(10, 1, 2, "fsdp", gathered_params=11)
     with pytest.raises(ValueError, match="n_trainable"):
         plan(10, 11, 2, "ddp")
     with pytest.raises(ValueError, match="strategy"):
@@ -163,6 +177,29 @@ def test_module_says_to_use_torchrun(monkeypatch):
         main([])
 
 
+def test_a_bad_command_line_is_a_clear_error_before_any_process_starts(tmp_path, monkeypatch):
+    for args, message in ((["--model", "nope"], "--model: invalid choice: 'nope'"), (["--tasks", "ddpp"], "--tasks"),
+                          (["--modes", "qlora"], "--modes"), (["--batch", "0"], "--batch: must be")):
+        started = time.monotonic()
+        with pytest.raises(ValueError, match=message):
+            launch(args, nproc=2, timeout=60)
+        assert time.monotonic() - started < 5  # no torchrun was started
+    # a worker given a bad command line leaves its error for launch() to report (before: exit code 2, no file)
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(ValueError, match="invalid choice"):
+        main(["--model", "nope", "--run-dir", str(tmp_path)])
+    assert "invalid choice" in (tmp_path / "rank1.error.json").read_text()
+
+
+def test_explain_names_a_rank_that_exited_with_a_code_of_its_own(tmp_path):
+    stderr = ("Failures:\n[1]:\n  time      : 2026-11-30\n  rank      : 1 (local_rank: 1)\n"
+              "  exitcode  : 2 (pid: 12)\n------\nRoot Cause (first observed failure):\n[0]:\n"
+              "  rank      : 0 (local_rank: 0)\n  exitcode  : -15 (pid: 11)\n")
+    headline = _explain(tmp_path, stderr, 1).split("\n")[0]
+    assert headline == "rank 1 exited with code 2; rank 0 was stopped by torchrun (SIGTERM)"  # rank 1 lost before
+    assert _explain(tmp_path, "", 1).startswith("torchrun exited with code 1")  # was an empty headline
+
+
 # --------------------------------------------------------------------------- a real 2-process job
 
 
@@ -176,8 +213,10 @@ def job(request, tmp_path_factory):
     backend = request.param
     tensors = tmp_path_factory.mktemp(f"job_{backend}")
     env = {"LORA_EDU_DEVICE": "cuda" if backend == "nccl" else "cpu"}
-    result = launch(["--backend", backend, "--model", "tiny", "--tasks", "ddp,compress,fsdp,pitfalls",
-                     "--lora-r", "4", "--bucket-cap-mb", str(CAP_MB), "--peak", "on", "--tensors", str(tensors)],
+    tasks = "ddp,compress,fsdp,pitfalls,fsdp1,timing,bandwidth"
+    result = launch(["--backend", backend, "--model", "tiny", "--tasks", tasks,
+                     "--lora-r", "4", "--bucket-cap-mb", str(CAP_MB), "--peak", "on", "--tensors", str(tensors),
+                     "--steps", "3", "--warmup", "1", "--repeats", "2", "--sizes", "4096,65536", "--iters", "2"],
                     nproc=2, timeout=300, env=env)
     return result, tensors
 
@@ -235,6 +274,37 @@ def test_fsdp2_matches_ddp_and_moves_the_predicted_bytes(job):
     for rec in (result["ddp"]["full"], result["fsdp"]["full"]):  # each rank's peak holds at least its state
         for peak, held in zip(rec["peak_bytes"], rec["state_bytes"]):
             assert peak >= held["weights"] + held["optimizer"]
+    if result["device"] == "cuda":  # nothing but the model's own state sits on the GPU before its step (the
+        for rec in (result["ddp"]["lora"], result["fsdp"]["lora"]):  # 2026-11-30 record had a 0.46 GiB copy)
+            for resident, held in zip(rec["resident_bytes"], rec["state_bytes"]):
+                assert resident - sum(held.values()) < 16 * 2**20
+
+
+def test_fsdp1_needs_uniform_units_and_runs_on_either_backend(job):
+    """Pitfall 2 for real (gloo on the CPU too): a block that mixes frozen W and trainable A, B cannot be one
+    FlatParameter; with use_orig_params it runs but keeps a gradient for the whole block; uniform units keep
+    only the adapters' gradients. Each rank holds 1/2 of a flat buffer."""
+    result, _ = job
+    rec, model = result["fsdp1"], build_model(TINY, "lora", r=4)
+    assert not rec["blocks_flat"]["ok"] and "uniform `requires_grad`" in rec["blocks_flat"]["error"]
+    blocks = sum(-(-sum(p.numel() for p in b.parameters()) // 2) * 4 for b in model.blocks)  # padded halves
+    assert rec["blocks_orig_params"]["ok"] and rec["blocks_orig_params"]["gradient_bytes_per_rank"] == blocks
+    assert rec["uniform_units"]["ok"] and rec["uniform_units"]["gradient_bytes_per_rank"] == gradient_bytes(model) // 2
+
+
+def test_timing_and_bandwidth_records_have_their_series(job):
+    """What the chapter reads from a record: per-series efficiencies (their spread is the uncertainty) and the
+    size that gave the model's latency. Structure only: times are never asserted."""
+    result, _ = job
+    s = result["settings"]
+    for mode in ("full", "lora"):
+        t = result["timing"][mode]
+        assert len(t["allreduce"]["steps_s"]) == s["repeats"] * s["steps"]
+        assert len(t["efficiency_series"]) == len(t["exposed_comm_series_s"]) == s["repeats"]
+        assert all(e > 0 for e in t["efficiency_series"])
+    bw = result["bandwidth"]
+    assert bw["model_latency_s"] == min(bw["seconds"]) == bw["seconds"][bw["sizes"].index(bw["model_latency_size"])]
+    assert set(bw["schedule"]) == {"full", "lora"}
 
 
 def test_adapter_saved_by_rank_0_loads_into_a_single_process(job):
@@ -289,6 +359,53 @@ def test_the_launcher_stops_a_job_that_runs_past_its_timeout(tmp_path):
         _run_job(cmd, tmp_path, timeout=1, env=dict(os.environ))
 
 
+def _running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"  # a zombie has ended and only waits to be reaped
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads /proc")
+def test_the_launcher_also_stops_a_worker_that_never_wrote_its_pid_file(tmp_path):
+    """A child of the job that hangs before it writes rank*.pid is reached through the job's process group
+    (before, only torchrun and the pids in the files were stopped, and such a child lived on)."""
+    child_pid = tmp_path / "child.txt"
+    script = ("import subprocess, sys, time; "
+              "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); "
+              f"open({str(child_pid)!r}, 'w').write(str(c.pid)); time.sleep(120)")
+    with pytest.raises(DistributedJobError, match="did not finish"):
+        _run_job([sys.executable, "-c", script], tmp_path, timeout=3, env=dict(os.environ))
+    pid = int(child_pid.read_text())
+    deadline = time.monotonic() + 10
+    while _running(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _running(pid)
+
+
+def test_memory_tracker_counts_a_dtensor_by_its_local_shard():
+    """An FSDP2 parameter is a DTensor, a tensor that wraps this rank's shard and has no storage of its own
+    (MemoryTracker raised on it before)."""
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Shard, distribute_tensor
+
+    from lora_edu.memory import MemoryTracker
+
+    if dist.is_initialized():
+        pytest.skip("a process group is already up")
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    try:
+        shard = distribute_tensor(torch.ones(64, 32), init_device_mesh("cpu", (1,)), [Shard(0)])
+        with MemoryTracker() as mem:
+            mem.add_existing([shard, shard.to_local()])  # the shard's storage is counted once
+            assert mem.current == 64 * 32 * 4
+        assert mem.peak == 64 * 32 * 4
+    finally:
+        dist.destroy_process_group()
+
+
 # --------------------------------------------------------------------------- the recorded 2 x H200 run
 
 
@@ -306,9 +423,48 @@ def test_recorded_two_gpu_run_backs_the_chapter():
         assert d["buckets_per_step"][-1] == buckets == len(ddp_buckets(model))
         ratio = two["bandwidth"]["schedule"][mode]["measured_s"] / two["bandwidth"]["schedule"][mode]["predicted_s"]
         assert 0.75 < ratio < 1.25  # the issue's acceptance: all-reduce time within 25 % of the model
-    efficiency = {mode: round(two["timing"][mode]["efficiency"], 2) for mode in ("full", "lora")}
-    assert efficiency == {"full": 0.92, "lora": 0.98}  # the README and the summary quote these
-    assert round(two["bandwidth"]["model_bus_bandwidth"] / 1e9) == 319
+    # the README and the summary: "about 90-100 %", series by series 88-97 % (full) and 96-99 % (LoRA), ranges that
+    # overlap (not distinguishable); LoRA against the separate one-GPU job 105 %
+    n = two["settings"]["steps"]
+    ranges = {}
+    for mode in ("full", "lora"):
+        t = two["timing"][mode]
+        series = {k: [np.median(t[k]["steps_s"][i:i + n]) for i in range(0, len(t[k]["steps_s"]), n)]
+                  for k in ("alone", "allreduce")}
+        effs = [a / b for a, b in zip(series["alone"], series["allreduce"])]
+        ranges[mode] = (round(100 * min(effs)), round(100 * max(effs)))
+        assert 0.85 < min(effs) <= t["efficiency"] <= max(effs) < 1.0
+    assert ranges == {"full": (88, 97), "lora": (96, 99)} and ranges["full"][1] > ranges["lora"][0]
+    one_lora = rec["one_gpu"]["timing"]["lora"]["single"]["median_s"]
+    assert round(100 * one_lora / two["timing"]["lora"]["allreduce"]["median_s"]) == 105
+    bw = two["bandwidth"]
+    assert round(bw["model_bus_bandwidth"] / 1e9) == 319
+    # the record's latency is its smallest (4 KB) all-reduce, not the quickest (1 MiB): the chapter says so
+    assert bw["model_latency_s"] == bw["seconds"][0] > min(bw["seconds"]) == bw["seconds"][bw["sizes"].index(2**20)]
+    # DDP rebuilt its buckets: same count and total, one 768-entry vector moved from the first to the last
+    d = two["ddp"]["full"]
+    assert [m - p for m, p in zip(d["bucket_bytes"], d["predicted_buckets"])] == [-3072] + [0] * 11 + [3072]
     fsdp1 = rec["fsdp1"]["fsdp1"]
     assert "uniform `requires_grad`" in fsdp1["blocks_flat"]["error"]
     assert fsdp1["uniform_units"]["gradient_bytes_per_rank"] == gradient_bytes(meta_model("lora", r=8)) // 2
+
+
+def test_recorded_peaks_hold_the_harness_copy_that_chapter_08_subtracts():
+    """The 2026-11-30 record kept full fine-tuning's trained weights on the GPU (4 bytes x 124,439,808 =
+    0.46 GiB) from its first DDP task on; minus that copy, the DDP peaks are chapter 07's keep_logits=True
+    prediction plus DDP's buckets, within the residuals the chapter prints."""
+    from lora_edu.memory import training_memory
+    from lora_edu.results import load_result
+
+    two = load_result("distributed_nvidia-h200x2.json")["two_gpus"]
+    gib = 2**30
+    copy_full, copy_lora = 4 * two["ddp"]["full"]["trainable"], 4 * two["ddp"]["lora"]["trainable"]
+    assert copy_full == 497_759_232 and round(copy_full / gib, 2) == 0.46
+    residual = {}
+    for mode, copy in (("full", copy_full), ("lora", copy_full + copy_lora)):
+        d = two["ddp"][mode]
+        kept = training_memory(TransformerShape.gpt2_small(), 8, 1024, method=mode, r=8, keep_logits=True)
+        residual[mode] = round((max(d["peak_bytes"]) - copy - kept.total - d["predicted_bytes"]) / gib, 2)
+    assert residual == {"full": 0.15, "lora": 0.11}
+    ranks = two["fsdp"]["lora"]["peak_bytes"]
+    assert round((ranks[1] - ranks[0]) / gib, 2) == 0.48  # FSDP2 LoRA: the ranks differ (max over ranks)

@@ -17,22 +17,46 @@ from lora_edu.checks.gpu import _near, _number, _slips
 # --------------------------------------------------------------------------- section 1: what DDP sends
 
 
+def _rounded(value: float, name: str, expected: float, source: str) -> None:
+    """A hint when ``value`` is within 2 % of the answer but not equal to it: a number typed in after rounding."""
+    if not _near(value, expected) and _near(value, expected, 0.02):
+        raise Feedback(f"`{name}` = {value:g} is close, but rounded: let Python compute it from {source} instead "
+                       "of typing a rounded number.")
+
+
+def _merged(slips: list[tuple[float, str]]) -> dict[str, float]:
+    """Slips that give the same number share one message (each cause, joined by "Or:")."""
+    by_value: dict[float, list[str]] = {}
+    for wrong, message in slips:
+        by_value.setdefault(wrong, []).append(message)
+    return {" Or: ".join(messages): wrong for wrong, messages in by_value.items()}
+
+
 @exercise
 def check_allreduce_bytes(value: Any, n_layers: int, d_model: int, r: int, n_targets: int,
                           bytes_per_entry: int = 4) -> None:
     """Bytes DDP all-reduces per step with LoRA on ``n_targets`` square ``d × d`` matrices of every layer."""
     v = _number(value, "lora_bytes")
-    entries = n_layers * n_targets * r * (d_model + d_model)
-    expected = entries * bytes_per_entry
-    _slips(v, "lora_bytes", expected, {
-        "that counts entries, not bytes: each float32 gradient entry is 4 bytes.": entries,
-        "that is half the answer: each adapter has A (r × d) *and* B (d × r), and a float32 gradient entry is "
-        "4 bytes (not bfloat16's 2).": expected / 2,
-        f"that is one layer's worth: the model has {n_layers} layers.": expected / n_layers,
-        "that is twice the buffer: 2(N-1)/N ≈ 2 is what each rank *sends* in a ring all-reduce, not the size "
-        "of the buffer DDP all-reduces.": 2 * expected,
-        "that uses r² instead of r·(in + out).": n_layers * n_targets * r * r * bytes_per_entry,
-    })
+
+    def lora_bytes(rank: int = r, targets: int = n_targets, per_entry: int = bytes_per_entry) -> int:
+        return n_layers * targets * rank * (d_model + d_model) * per_entry
+
+    expected = lora_bytes()
+    _slips(v, "lora_bytes", expected, _merged([
+        (lora_bytes(8, 2), "that is the chapter's adapter, r = 8 on W_q and W_v; this exercise puts "
+                           f"r = {r} on {n_targets} matrices."),
+        (lora_bytes(per_entry=1), "that counts entries, not bytes: each float32 gradient entry is 4 bytes."),
+        (lora_bytes(rank=8), f"that uses r = 8; the exercise says r = {r}."),
+        (lora_bytes(targets=2), f"that counts two matrices per layer; the exercise puts LoRA on all {n_targets} "
+                                "(W_q, W_k, W_v, W_o)."),
+        (expected / 2, "that is one of A and B: each adapter has both, A (r × d) and B (d × r)."),
+        (lora_bytes(per_entry=2), "that uses bfloat16's 2 bytes; the gradients are float32 (4 bytes)."),
+        (expected / n_layers, f"that is one layer's worth: the model has {n_layers} layers."),
+        (2 * expected, "that is twice the buffer: 2(N-1)/N ≈ 2 is what each rank *sends* in a ring all-reduce, "
+                       "not the size of the buffer DDP all-reduces."),
+        (n_layers * n_targets * r * r * bytes_per_entry, "that uses r² instead of r·(in + out)."),
+    ]))
+    _rounded(v, "lora_bytes", expected, "the shapes")
     if not _near(v, expected):
         raise Feedback(f"`lora_bytes` = {v:g} is not right. Per matrix: A is r × d, B is d × r; {n_targets} "
                        f"matrices per layer, {n_layers} layers, {bytes_per_entry} bytes per gradient entry.")
@@ -58,9 +82,11 @@ def check_ring_seconds(value: Any, n_bytes: float, world_size: int, bus_bandwidt
         "that is in milliseconds; give seconds.": 1000 * expected,
         "that treats the bandwidth as bits per second (×8): it is bytes per second here.": 8 * expected,
     })
-    if not _near(v, expected, rel=1e-3):
+    _rounded(v, "ring_seconds", expected, "the numbers given")
+    if not _near(v, expected):
         raise Feedback(f"`ring_seconds` = {v:g} is not right: 2(N-1)/N × bytes / bus bandwidth, in seconds.")
-    passed(f"{expected * 1e3:.1f} ms per step on {n} GPUs — and hardly more on 64: 2(N-1)/N stays below 2.")
+    passed(f"{expected * 1e3:.1f} ms per step on {n} GPUs. Its bandwidth term hardly grows on 64 GPUs (2(N-1)/N "
+           "stays below 2); the latency we left out does: a ring sends 2(N-1) messages one after the other.")
 
 
 # --------------------------------------------------------------------------- section 3: the broadcast
@@ -143,7 +169,7 @@ def check_unused_trainable(fn: Callable[..., Any]) -> None:
 
 _FSDP1_UNITS = {
     "blocks": "A block holds frozen base weights *and* trainable A, B. FSDP1 flattens each unit into one "
-              "FlatParameter, which has a single requires_grad: the ValueError recorded above (with "
+              "FlatParameter, which has a single requires_grad: the ValueError of the live run above (with "
               "use_orig_params=True it runs, but keeps a gradient buffer for the whole block).",
     "whole_model": "The whole model is one unit: it mixes frozen and trainable parameters (the same ValueError), "
                    "and it would be gathered whole, so sharding would save no memory while it runs.",
@@ -167,8 +193,10 @@ _SAVE_PLANS = {
                                 "collective times out.",
     "everyone_gathers_and_writes": "Every rank gathers (right) but then N processes write the same file at once: "
                                    "wasted work at best, an interleaved, corrupt file at worst.",
-    "each_writes_its_shard": "Each rank holds only a slice of every adapter under FSDP2: the file would have the "
-                             "wrong shapes, and load_adapter would refuse it.",
+    "each_writes_its_shard": "That is how torch.distributed.checkpoint saves a sharded checkpoint (a folder of "
+                             "shards plus metadata: good for resuming the same job), but the goal here is one "
+                             "adapter file that a single process loads with load_adapter. Each rank holds only "
+                             "a slice of every A and B under FSDP2: its own file would have the wrong shapes.",
     "everyone_gathers_rank0_writes": "",
 }
 
@@ -178,7 +206,9 @@ def check_save_plan(value: Any) -> None:
     """How to save an FSDP2-sharded adapter: every rank gathers, rank 0 alone writes."""
     check_choice(value, "everyone_gathers_rank0_writes", "save_plan", _SAVE_PLANS)
     passed("every rank takes part in the gather (a collective), one rank writes, and a barrier keeps the others "
-           "from reading a half-written file.")
+           "from reading a half-written file. PyTorch packages it as get_model_state_dict(model, "
+           "options=StateDictOptions(full_state_dict=True, cpu_offload=True)) from "
+           "torch.distributed.checkpoint.state_dict.")
 
 
 # --------------------------------------------------------------------------- section 7: the recorded results
@@ -196,11 +226,16 @@ def check_scaling_efficiency(value: Any, t_one: float, t_two: float, n_gpus: int
             n_gpus * expected,
         "that is a percentage; give the fraction (divide by 100).": 100 * expected,
         "that is the loss (1 - efficiency), not the efficiency.": 1 - expected,
+        "that is 1 - (t_two - t_one) / t_one, one minus the relative slowdown: close to the efficiency when the "
+        "slowdown is small, but not the same number. Efficiency is a ratio of speeds: t_one / t_two.":
+            2 - t_two / t_one,
     })
-    if not _near(v, expected, rel=1e-3):
+    _rounded(v, "efficiency", expected, "t_one and t_two")
+    if not _near(v, expected):
         raise Feedback("`efficiency` is not right: each GPU does the same work as the one GPU alone, so the "
                        "efficiency is the one-GPU step time divided by the two-GPU step time.")
-    passed(f"{expected:.1%}: each GPU keeps {expected:.1%} of its speed when it has to talk to the other.")
+    passed(f"{expected:.1%} from these medians: each GPU keeps that much of its speed when it has to talk to the "
+           "other (the series-by-series values above show how far one measurement is from the next).")
 
 
 # --------------------------------------------------------------------------- section 8: the slow link
@@ -218,7 +253,8 @@ def check_break_even_bandwidth(value: Any, n_bytes: float, world_size: int, back
         "that is upside down: seconds per byte, not bytes per second.": 1 / expected,
         "that uses 2 instead of 2(N-1)/N.": 2 * n_bytes / backward_s,
     })
-    if not _near(v, expected, rel=1e-3):
+    _rounded(v, "break_even_bandwidth", expected, "the numbers given")
+    if not _near(v, expected):
         raise Feedback("`break_even_bandwidth` is not right: set 2(N-1)/N × bytes / B equal to the backward time "
                        "and solve for B.")
     passed(f"below {expected / 1e9:.0f} GB/s the all-reduce outlasts the backward pass it hides behind.")
@@ -244,8 +280,14 @@ def check_fsdp_lora_memory(value: Any, n_params: int, n_trainable: int, world_si
         "that leaves out the adapters' gradient and optimizer state (16 bytes per trainable parameter).":
             weights / n,
         "that shards the weights but not the adapters' gradient and optimizer state.": weights / n + extras,
+        "that gives each adapter parameter 12 bytes: its optimizer state, without its float32 gradient (4).":
+            (weights + n_trainable * (extra_bytes - 4)) / n,
+        "that gives each adapter parameter 18 bytes: n_params already counts the adapters' 2-byte weights; add "
+        "only their gradient and optimizer state (16).": (weights + n_trainable * (extra_bytes + 2)) / n,
     })
-    if not _near(v, expected, rel=1e-3):
+    _rounded(v, "fsdp_lora_bytes", expected, "p70 and t70")
+    if not _near(v, expected):
         raise Feedback("`fsdp_lora_bytes` is not right: (every parameter × 2 bytes + every trainable parameter × "
                        "16 bytes) / the number of GPUs.")
-    passed(f"{expected / 1e9:.1f} GB per GPU before activations: the model's weights, spread over {n} GPUs.")
+    passed(f"{expected / 1e9:.1f} GB per GPU between steps: the model's weights, spread over {n} GPUs. While a "
+           "step runs, the gathered units and the activations come on top.")
