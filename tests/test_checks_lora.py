@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from lora_edu.checks import Feedback
-from lora_edu.checks.lora import (check_accumulated_update, check_adapter_bytes, check_dropout_placement,
-                                  check_lora_counts, check_lora_forward, check_lora_init, check_lora_layer,
-                                  check_scaling, check_target_modules)
+from lora_edu.checks.lora import (check_accumulated_update, check_adapter_bytes, check_drop_exponent,
+                                  check_dropout_placement, check_lora_counts, check_lora_forward, check_lora_init,
+                                  check_lora_layer, check_rank_floor, check_target_modules)
 from lora_edu.lora import apply_lora
 
 # --------------------------------------------------------------------------- ΔW is the accumulated update
@@ -65,6 +65,29 @@ def test_lora_forward_slips(wrong, words):
         check_lora_forward(wrong)
 
 
+@pytest.mark.parametrize("wrong, words", [
+    # right values, no gradient: these passed before the check compared gradients
+    (lambda x, base, A, B, alpha, r: base(x) + (alpha / r) * (x @ A.T @ B.T).detach(), "does not require grad"),
+    (lambda x, base, A, B, alpha, r: (base(x) + (alpha / r) * (x @ A.T @ B.T)).detach(), "does not require grad"),
+    (lambda x, base, A, B, alpha, r: base(x) + (alpha / r) * (x @ A.detach().T @ B.T), "no gradient reaches lora_A"),
+    (lambda x, base, A, B, alpha, r: base(x) + (alpha / r) * (x @ A.T @ B.data.T), "no gradient reaches lora_B"),
+    (lambda x, base, A, B, alpha, r: torch.tensor(right_forward(x, base, A, B, alpha, r).detach().numpy()),
+     "does not require grad"),
+])
+def test_lora_forward_needs_gradients(wrong, words):
+    with pytest.raises(Feedback, match=words):
+        check_lora_forward(wrong)
+
+
+def test_lora_forward_with_no_grad_is_caught():
+    def no_grad_forward(x, base, A, B, alpha, r):
+        with torch.no_grad():
+            return right_forward(x, base, A, B, alpha, r)
+
+    with pytest.raises(Feedback, match="does not require grad"):
+        check_lora_forward(no_grad_forward)
+
+
 def test_lora_forward_integer_division_is_caught_for_every_r_above_one():
     wrong = lambda x, base, A, B, alpha, r: base(x) + (alpha // r) * (x @ A.T @ B.T)  # noqa: E731
     for sizes in [(5, 7, 6, 3), (3, 9, 4, 2), (1, 5, 11, 5), (2, 6, 6, 4)]:
@@ -99,6 +122,9 @@ def test_lora_init(capsys):
         (lambda r, k, d: (torch.randn(k, r), torch.zeros(r, d)), "seed's layout"),
         (lambda r, k, d: (torch.zeros(d, r), torch.randn(r, k)), "swapped"),
         (lambda r, k, d: (torch.ones(r, k), torch.zeros(d, r)), "rows are not independent"),
+        # nearly equal rows: passed the exact rank test before
+        (lambda r, k, d: (torch.randn(1, k).repeat(r, 1) + 1e-3 * torch.randn(r, k), torch.zeros(d, r)),
+         "or nearly not"),
         (lambda r, k, d: (torch.randn(r, k + 1), torch.zeros(d, r)), "Expected lora_A of shape"),
         (lambda r, k, d: torch.randn(r, k), "two tensors"),
         (lambda r, k, d: (torch.zeros(r, k), torch.ones(d, r)), "every entry of lora_B is the same"),
@@ -108,8 +134,9 @@ def test_lora_init(capsys):
     for fn, words in slips:
         with pytest.raises(Feedback, match=words):
             check_lora_init(fn)
-        with pytest.raises(Feedback, match=words):
-            check_lora_init(fn, sizes=(1, 3, 5))
+        if words != "or nearly not":  # with r = 1 there is a single row: nothing to duplicate
+            with pytest.raises(Feedback, match=words):
+                check_lora_init(fn, sizes=(1, 3, 5))
 
 
 @pytest.mark.parametrize("fn", [
@@ -134,24 +161,78 @@ def test_lora_init_feedback_states_the_gradients_with_their_scaling():
 # --------------------------------------------------------------------------- the scaling
 
 
-def test_scaling():
-    check_scaling(lambda alpha, r, rs=False: alpha / (math.sqrt(r) if rs else r))
+def right_exponent(optimizer, init, q):
+    a = 0 if init == "kaiming" else -1
+    return 1 + q + a if optimizer == "Adam" else 1 + 2 * (q + a)
+
+
+def test_drop_exponent(capsys):
+    check_drop_exponent(right_exponent)
+    check_drop_exponent(lambda o, i, q: {"Adam": 1, "SGD": 2}[o] * (q + (i == "gaussian") * -1) + 1)
+    assert capsys.readouterr().out.count("✅ Correct") == 2
+    sigma = {"kaiming": 0, "gaussian": -1}
     slips = [
-        (lambda alpha, r, rs=False: alpha, "seed blog post"),
-        (lambda alpha, r, rs=False: alpha / r, "rank_stabilized=True asks for rsLoRA"),
-        (lambda alpha, r, rs=False: alpha / math.sqrt(r), "without rank_stabilized it is alpha / r"),
-        (lambda alpha, r, rs=False: r / alpha, "upside down"),
-        (lambda alpha, r, rs=False: alpha * r, "multiplies by r"),
-        (lambda alpha, r, rs=False: alpha / (r * r if not rs else math.sqrt(r)), "divides by r twice"),
-        (lambda alpha, r, rs=False: "4", "should return a number, not str"),
-        (lambda alpha, r, rs=False: 4.0, "lora_scaling\\(8, 8, rank_stabilized=False\\) = 4, expected 1\\.$"),
-        (lambda alpha, r, rs=False: None, "should return a number"),
-        (lambda alpha, r, rs=False: alpha // (math.sqrt(r) if rs else r), "= 0, expected 0.5: // is integer"),
-        (lambda alpha, r, rs=False: alpha / math.sqrt(r) if rs else alpha // r, "integer division"),
+        (lambda o, i, q: 1 + q + sigma[i], "Adam's for SGD too"),
+        (lambda o, i, q: 2 * (1 + q + sigma[i]) if o == "SGD" else 1 + q + sigma[i], "squared r too"),
+        (lambda o, i, q: 1 + q if o == "Adam" else 1 + 2 * q, "The init matters"),
+        (lambda o, i, q: q + sigma[i] if o == "Adam" else 2 * (q + sigma[i]), "The r is missing"),
+        (lambda o, i, q: -right_exponent(o, i, q), "signs are flipped"),
+        (lambda o, i, q: 0, r"drop_exponent\('Adam', 'kaiming', 0.0\) returned 0"),
+        (lambda o, i, q: "1", "should return a number"),
+        (lambda o, i, q: None, "no answer yet"),
+        (None, "no answer yet"),
+        (3, "should be a function"),
     ]
     for fn, words in slips:
         with pytest.raises(Feedback, match=words):
-            check_scaling(fn)
+            check_drop_exponent(fn)
+
+
+def floor_task(seed=0, n=40, k=12, d=10):
+    g = torch.Generator().manual_seed(seed)
+    X, W0 = torch.randn(n, k, generator=g), torch.randn(d, k, generator=g)
+    Y = X @ (W0 + torch.randn(d, k, generator=g)).T
+    return X, Y, W0
+
+
+def floor_by_hand(X, Y, W0, r):
+    Q, R = torch.linalg.qr(X.double())
+    target = Y.double() - X.double() @ W0.double().T
+    s = torch.linalg.svdvals(Q.T @ target)
+    return float((s[r:] ** 2).sum() / target.numel())
+
+
+def test_rank_floor(capsys):
+    X, Y, W0 = floor_task()
+    r = 4
+    right = floor_by_hand(X, Y, W0, r)
+    check_rank_floor(right, X, Y, W0, r)
+    check_rank_floor(torch.tensor(right), X, Y, W0, r)
+    assert capsys.readouterr().out.count("✅ Correct") == 2
+    # an independent route: the best rank-r fit by gradient descent reaches the floor and no lower
+    B = torch.zeros(10, r, dtype=torch.float64, requires_grad=True)
+    A = (0.1 * torch.randn(r, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(1))).requires_grad_()
+    opt = torch.optim.Adam([A, B], lr=0.05)
+    for _ in range(3000):
+        loss = ((X.double() @ (W0.double() + B @ A).T - Y.double()) ** 2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert right <= loss.item() < right * 1.001
+    target = Y.double() - X.double() @ W0.double().T
+    C = torch.linalg.lstsq(X.double(), target).solution.T
+    s_c, s_w = torch.linalg.svdvals(C), torch.linalg.svdvals(torch.linalg.qr(X.double())[0].T @ target)
+    n = target.numel()
+    for value, words in [(float((s_c[r:] ** 2).sum() / n), "through the data"),
+                         (float((s_w[r:] ** 2).sum()), "divides by the number of entries"),
+                         (float((s_w[r:] ** 2).sum() / n) ** 0.5, "root mean square"),
+                         (float((s_w[r + 1:] ** 2).sum() / n), r"tail starts at S\[r\]"),
+                         (float((s_w[r - 1:] ** 2).sum() / n), "leaves out the r values"),
+                         (float((s_w[:r] ** 2).sum() / n), r"\*can\* fit"),
+                         (float((target ** 2).mean()), "loss at the start"),
+                         (right * 2, "is not the floor"), (None, "no answer yet"), ("0.5", "one number")]:
+        with pytest.raises(Feedback, match=words):
+            check_rank_floor(value, X, Y, W0, r)
 
 
 # --------------------------------------------------------------------------- counting
@@ -333,28 +414,29 @@ def two_blocks():
     return model
 
 
-QV = ["blocks.0.attn.q", "blocks.0.attn.v", "blocks.1.attn.q", "blocks.1.attn.v"]
-
-
 def test_target_modules():
-    check_target_modules(["q", "v"], two_blocks, QV)
-    check_target_modules(["attn.q", "attn.v"], two_blocks, QV)
-    with pytest.raises(Feedback, match="misses .*blocks.1.attn.q.*every block"):
-        check_target_modules(["blocks.0.attn.q", "blocks.0.attn.v"], two_blocks, QV)
-    with pytest.raises(Feedback, match="also wraps .*blocks.0.attn.k.*expected exactly: blocks.0.attn.q, "):
-        check_target_modules(["q", "k", "v"], two_blocks, QV)
-    QKVO = [f"blocks.1.attn.{p}" for p in "qkvo"]                  # the message follows the exercise's list
-    check_target_modules(["1.attn.q", "1.attn.k", "1.attn.v", "1.attn.o"], two_blocks, QKVO)
+    QKVO_1 = [f"blocks.1.attn.{p}" for p in "qkvo"]
+    check_target_modules(["1.attn.q", "1.attn.k", "1.attn.v", "1.attn.o"], two_blocks, blocks=(1,))
+    check_target_modules(QKVO_1, two_blocks, blocks=(1,))
+    check_target_modules(["q", "k", "v", "o"], two_blocks, blocks=(0, 1))
     with pytest.raises(Feedback) as err:
-        check_target_modules(["q", "k", "v", "o"], two_blocks, QKVO)
-    assert "expected exactly: blocks.1.attn.q, blocks.1.attn.k, blocks.1.attn.v, blocks.1.attn.o" in str(err.value)
-    assert "query and value" not in str(err.value)
+        check_target_modules(["q", "k", "v", "o"], two_blocks, blocks=(1,))
+    assert "also wraps ['blocks.0.attn.q'" in str(err.value) and "only the attention of blocks 1" in str(err.value)
+    with pytest.raises(Feedback, match="misses .*blocks.1.attn.k.*every block"):
+        check_target_modules(["blocks.1.attn.q", "blocks.1.attn.v"], two_blocks, blocks=(1,))
     with pytest.raises(Feedback, match="rejected.*matches no module.*blocks.0.attn.q"):
-        check_target_modules(["q_proj", "v_proj"], two_blocks, QV)
+        check_target_modules(["q_proj", "v_proj"], two_blocks, blocks=(1,))
     with pytest.raises(Feedback, match="rejected.*ModuleDict"):
-        check_target_modules(["attn"], two_blocks, QV)
+        check_target_modules(["attn"], two_blocks, blocks=(1,))
     with pytest.raises(Feedback, match="no answer yet"):
-        check_target_modules(None, two_blocks, QV)
+        check_target_modules(None, two_blocks, blocks=(1,))
+
+
+def test_target_modules_check_holds_no_answer_in_its_arguments():
+    """The exercise's test cell printed a pasteable `expected = [...]` list before; now the check builds it."""
+    import inspect
+
+    assert "expected" not in inspect.signature(check_target_modules).parameters
 
 
 def test_adapter_bytes():

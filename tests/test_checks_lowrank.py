@@ -8,8 +8,8 @@ import torch
 from lora_edu.checks import Feedback, NotAnswered
 from lora_edu.checks.lowrank import (
     check_factor_from_svd, check_frobenius_tail, check_k_for_energy, check_lora_param_count, check_numeric_rank,
-    check_optimal_loss, check_product_rank, check_r_meaning, check_range_finder, check_smallest_r, check_storage,
-    check_svd_reconstruction,
+    check_optimal_loss, check_product_rank, check_r_meaning, check_range_finder, check_smallest_r,
+    check_storage_budget, check_svd_reconstruction,
 )
 
 
@@ -65,12 +65,19 @@ def right_rank(M, tol=None):
     return int(np.sum(S > tol))
 
 
+def rank_with_default(default):
+    """A rank function that follows NumPy except for its default tolerance ``default(M, S)``."""
+    def rank(M, tol=None):
+        S = np.linalg.svd(M, compute_uv=False)
+        return int(np.sum(S > (default(M, S) if tol is None else tol)))
+    return rank
+
+
 @pytest.mark.parametrize("wrong, message", [
-    # (which case catches it depends on whether LAPACK returns exact zeros: both messages name the slip)
-    (lambda M, tol=None: int(np.sum(np.linalg.svd(M, compute_uv=False) > 0)), r"S > tol, instead of S > 0|noise"),
-    (lambda M, tol=None: min(M.shape), "rounding noise"),
+    (lambda M, tol=None: int(np.sum(np.linalg.svd(M, compute_uv=False) > (tol or 0))), "noise"),
+    (lambda M, tol=None: min(M.shape), "too large"),
     (lambda M, tol=None: right_rank(M), "When the caller gives tol, use it"),
-    (lambda M, tol=None: right_rank(M, 1e-10 if tol is None else tol), "scale with the matrix"),
+    (lambda M, tol=None: right_rank(M, 1e-10 if tol is None else tol), "too small"),
     (lambda M, tol=None: float(right_rank(M, tol)) + 0.5, "whole number"),
     # a relative tolerance that is not NumPy's default (it passed before the 100×100 case was added)
     (lambda M, tol=None: right_rank(M, 1e-12 * np.linalg.norm(M, 2) if tol is None else tol),
@@ -78,16 +85,33 @@ def right_rank(M, tol=None):
     # float64's eps for a float32 matrix
     (lambda M, tol=None: right_rank(M, np.linalg.norm(M, 2) * max(M.shape) * 2.2e-16 if tol is None else tol),
      "eps of the matrix's own dtype"),
+    # these passed before the 200×3 case and the 3e-14 spectrum were added, or got a hint about another slip
+    (rank_with_default(lambda M, S: S.max() * min(M.shape) * np.finfo(M.dtype).eps), "uses min\\(m, n\\)"),
+    (rank_with_default(lambda M, S: S.max() * sum(M.shape) * np.finfo(M.dtype).eps), "uses m \\+ n"),
+    (rank_with_default(lambda M, S: S.max() * np.finfo(M.dtype).eps), "the size factor is missing"),
+    (rank_with_default(lambda M, S: max(M.shape) * np.finfo(M.dtype).eps), "without S.max\\(\\)"),
+    (lambda M, tol=None: right_rank(M, None if tol is None else tol * np.linalg.norm(M, 2)), "absolute threshold"),
 ])
 def test_numeric_rank_check_names_the_slip(wrong, message):
     with pytest.raises(Feedback, match=message):
         check_numeric_rank(wrong)
 
 
+def test_numeric_rank_cases_separate_every_slip():
+    from lora_edu.checks.lowrank import _RANK_SLIPS, _numeric_rank_cases, _numpy_rank
+
+    cases = _numeric_rank_cases()
+    right = tuple(_numpy_rank(M, tol) for M, tol, _ in cases)
+    outputs = {tuple(slip(M, tol) for M, tol, _ in cases) for _, slip in _RANK_SLIPS}
+    assert len(outputs) == len(_RANK_SLIPS) and right not in outputs
+
+
 def test_numeric_rank_check_passes_right_answers(capsys):
     check_numeric_rank(right_rank)
     check_numeric_rank(lambda M, tol=None: int(np.linalg.matrix_rank(M, tol=tol)))
-    assert capsys.readouterr().out.count("✅ Correct") == 2
+    check_numeric_rank(lambda M, tol=None: int(torch.linalg.matrix_rank(torch.tensor(M)) if tol is None
+                                               else torch.linalg.matrix_rank(torch.tensor(M), atol=tol, rtol=0)))
+    assert capsys.readouterr().out.count("✅ Correct") == 3
 
 
 @pytest.mark.parametrize("wrong, message", [
@@ -114,15 +138,28 @@ def test_frobenius_tail_check_passes_right_answers(capsys):
     assert capsys.readouterr().out.count("✅ Correct") == 3
 
 
-def test_storage_check_names_the_slip(capsys):
-    m, n, k = 600, 512, 20
-    check_storage(k * (m + n + 1), m, n, k)
-    assert "✅ Correct" in capsys.readouterr().out
-    for wrong, message in [(k * (m + n), "forgot the k singular values"), (m * n, "full image"),
-                           (k * m * n, "k full images"), (k * (m + n + k), "k×k matrix"),
-                           (k * (m + n + 2), "too large"), (None, "no answer yet"), (2.5, "whole number")]:
+def test_storage_budget_check(capsys):
+    m, n = 600, 512
+    check_storage_budget(27, m, n, 0.1)                       # 27 · 1113 = 30,051 <= 30,720 < 28 · 1113
+    check_storage_budget(np.int64(27), m, n, 0.1)
+    assert capsys.readouterr().out.count("✅ Correct") == 2
+    for wrong, message in [(28, "round down"), (276, "break-even"), (30720, "the budget itself"),
+                           (2760, "not as a percentage"), (26, "too small"), (None, "no answer yet"),
+                           (27.6, "whole number")]:
         with pytest.raises(Feedback, match=message):
-            check_storage(wrong, m, n, k)
+            check_storage_budget(wrong, m, n, 0.1)
+
+
+def test_storage_budget_check_accepts_singular_values_folded_into_U(capsys):
+    """k(m + n): Σ folded into U_k, as chapter 04 counts B = U_k Σ_k. The old check_storage rejected that
+    count ("you forgot the k singular values"); where the two conventions give different k, both pass."""
+    m, n = 62, 262                                            # 0.1 · m · n = 1624.4: 4 · 325 and 5 · 324 fit
+    assert 4 * (m + n + 1) <= 0.1 * m * n < 5 * (m + n + 1) and 5 * (m + n) <= 0.1 * m * n
+    check_storage_budget(4, m, n, 0.1)
+    check_storage_budget(5, m, n, 0.1)
+    assert capsys.readouterr().out.count("both are right") == 2
+    with pytest.raises(Feedback, match="too large"):
+        check_storage_budget(6, m, n, 0.1)
 
 
 def right_k_for_energy(S, fraction):
@@ -143,6 +180,8 @@ def argmax_k_for_energy(S, fraction):
     (lambda S, f: int(np.argmax(np.cumsum(S**2) / np.sum(S**2) > f) + 1), "Use >="),   # strict, argmax at 1.0 too
     (argmax_k_for_energy, "ends at 0.9999999999999999, not 1.0"),
     (lambda S, f: len(S), "the smallest k"),
+    # np.searchsorted without a guard: len(S) + 1 at fraction = 1.0 (it got the np.argmax hint before)
+    (lambda S, f: int(np.searchsorted(np.cumsum(S**2) / np.sum(S**2), f)) + 1, "one more than there are"),
     (lambda S, f: 1.5, "whole number"),
     (lambda S, f: None, "no answer yet"),
 ])
@@ -226,19 +265,27 @@ def test_product_rank_check():
             check_product_rank(wrong, B, A)
 
 
-def right_factor(M, k):
+def right_factor(M, r):
     U, S, Vh = np.linalg.svd(M, full_matrices=False)
-    return U[:, :k] * S[:k], Vh[:k]
+    return U[:, :r] * S[:r], Vh[:r]
 
 
 @pytest.mark.parametrize("wrong, message", [
     (lambda M, k: right_factor(M, k)[::-1], "wrong order"),
     (lambda M, k: (right_factor(M, k)[0], right_factor(M, k)[1].T), "transposed"),
-    (lambda M, k: right_factor(M, k + 1), "inner dimension 3, not k = 2"),
+    (lambda M, k: right_factor(M, k + 1), "inner dimension 3, not r = 2"),
     (lambda M, k: (np.linalg.svd(M)[0][:, :k], np.linalg.svd(M)[2][:k]), "singular values are missing"),
     (lambda M, k: (right_factor(M, k)[0], np.linalg.svd(M)[1][:k, None] * right_factor(M, k)[1]), "appear twice"),
     (lambda M, k: np.linalg.svd(M, full_matrices=False), "two matrices"),
-    (lambda M, k: (right_factor(M[::-1], k)[0], right_factor(M[::-1], k)[1]), "first\\* k"),
+    (lambda M, k: (right_factor(M[::-1], k)[0], right_factor(M[::-1], k)[1]), "first\\* r"),
+    # Vh.T[:r] instead of Vh[:r] (right shape for a 7×5 M) got the generic message before
+    (lambda M, r: (right_factor(M, r)[0], np.linalg.svd(M, full_matrices=False)[2].T[:r]), "no .T"),
+    (lambda M, r: (np.linalg.svd(M)[0][:, :r] * np.sqrt(np.linalg.svd(M)[1][:r]),
+                   np.sqrt(np.linalg.svd(M)[1][:r])[:, None] * np.linalg.svd(M, full_matrices=False)[2].T[:r]),
+     "no .T"),
+    # √S on the rows of Vh without a column shape: a broadcasting error, explained now (raw NumPy text before)
+    (lambda M, r: (np.linalg.svd(M)[0][:, :r], np.linalg.svd(M)[2][:r] * np.linalg.svd(M)[1][:r]),
+     "s\\[:, None\\] \\* Vh\\[:r\\]"),
 ])
 def test_factor_from_svd_check_names_the_slip(wrong, message):
     with pytest.raises(Feedback, match=message):
@@ -294,7 +341,9 @@ def test_smallest_r_check_names_the_slip(capsys):
 
 def test_r_meaning_check(capsys):
     check_r_meaning("b")
-    assert "✅ Correct" in capsys.readouterr().out
+    check_r_meaning("B")        # rejected before ("not one of the choices")
+    check_r_meaning("b ")
+    assert capsys.readouterr().out.count("✅ Correct") == 3
     for wrong, message in [("a", "seed blog post"), ("c", "full rank"), ("d", "still trains"),
                            ("e", "not one of the choices"), (None, "no answer yet")]:
         with pytest.raises(Feedback, match=message):

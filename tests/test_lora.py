@@ -224,6 +224,29 @@ def test_bfloat16_layer_and_merge_in_float32(adapter_dtype):
     assert rel < 1e-2
 
 
+def _ulp(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The spacing of ``dtype`` numbers at each entry of ``t`` (a float64 tensor), from frexp's exponent."""
+    _, exponent = torch.frexp(t.double())
+    return torch.ldexp(torch.full_like(t.double(), torch.finfo(dtype).eps), exponent - 1)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_unmerge_error_is_half_an_ulp_of_the_merged_entry_plus_half_of_its_own(dtype):
+    """What unmerge()'s docstring promises (it said "at most an ulp or so" before: entries near zero come back
+    many of their own ulps off, because the merged entry W0 + ΔW lives in a larger binade)."""
+    torch.manual_seed(0)
+    layer = randomize(LoRALinear(nn.Linear(256, 256).to(dtype), r=8, alpha=16), seed=0, size=0.01)
+    W0 = layer.base.weight.detach().clone()
+    merged = W0.double() + layer.delta_weight().detach().double()
+    layer.merge()
+    layer.unmerge()
+    error = (layer.base.weight.double() - W0.double()).abs()
+    assert (error <= 0.5 * _ulp(merged, dtype) + 0.5 * _ulp(W0.double(), dtype)).all()
+    own = error / _ulp(W0.double(), dtype)
+    assert own.max() > 4                       # "one ulp off" would be false: tiny entries move many of theirs
+    assert (error == 0).float().mean() > 0.9   # most entries come back exact
+
+
 @pytest.mark.parametrize("init", INITS)
 def test_bfloat16_output_equals_base_at_init(init):
     base = make_base(32, 24, dtype=torch.bfloat16)

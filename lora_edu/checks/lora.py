@@ -91,20 +91,24 @@ def check_lora_forward(fn: Callable, seed: int = 0, sizes: tuple[int, int, int, 
     with torch.no_grad():
         base.weight.copy_(torch.randn(d, k, generator=g))
         base.bias.copy_(torch.randn(d, generator=g))
+    base.requires_grad_(False)  # frozen, as in LoRA
     x = torch.randn(n, k, generator=g)
     A, B = torch.randn(r, k, generator=g), torch.randn(d, r, generator=g)
     for alpha in (12.0, 7.0):
         _check_forward_case(fn, x, base, A, B, alpha, r)
-    passed("h = base(x) + (α/r) · x Aᵀ Bᵀ — the LoRA forward, batch-first like nn.Linear.")
+    passed("h = base(x) + (α/r) · x Aᵀ Bᵀ — the LoRA forward, batch-first like nn.Linear, with gradients "
+           "reaching lora_A and lora_B.")
 
 
 def _check_forward_case(fn: Callable, x: Any, base: Any, A: Any, B: Any, alpha: float, r: int) -> None:
     torch = _torch()
-    got = _call(fn, "lora_forward", x.clone(), base, A.clone(), B.clone(), alpha, r,
+    lora_A, lora_B = A.clone().requires_grad_(), B.clone().requires_grad_()  # trainable, as in a LoRA layer
+    got = _call(fn, "lora_forward", x.clone(), base, lora_A, lora_B, alpha, r,
                 shapes=f"Here x is {tuple(x.shape)}, lora_A is (r, in) = {tuple(A.shape)}, lora_B is "
                        f"(out, r) = {tuple(B.shape)}: x @ lora_A.T @ lora_B.T fits.")
-    update = x @ A.T @ B.T
-    expected = base(x) + alpha / r * update
+    with torch.no_grad():
+        update = x @ A.T @ B.T
+        expected = base(x) + alpha / r * update
     if not isinstance(got, torch.Tensor):
         raise Feedback(f"`lora_forward` should return a torch tensor of shape {tuple(expected.shape)}, "
                        f"not {type(got).__name__}.")
@@ -112,7 +116,34 @@ def _check_forward_case(fn: Callable, x: Any, base: Any, A: Any, B: Any, alpha: 
         raise Feedback(f"`lora_forward` returned shape {tuple(got.shape)}; expected {tuple(expected.shape)} = "
                        "(batch, out_features).")
     if _close(got, expected):
+        _check_forward_gradients(got, x, A, B, lora_A, lora_B, alpha, r)
         return
+    with torch.no_grad():
+        _forward_slip(got, x, base, update, expected, alpha, r)
+
+
+def _check_forward_gradients(got: Any, x: Any, A: Any, B: Any, lora_A: Any, lora_B: Any, alpha: float,
+                             r: int) -> None:
+    """The output's gradient must reach lora_A and lora_B, and be the right one."""
+    torch = _torch()
+    if not got.requires_grad:
+        raise Feedback("The values are right, but no gradient reaches lora_A and lora_B: the output does not "
+                       "require grad (a .detach(), torch.no_grad() or a NumPy round trip cuts autograd). LoRA "
+                       "trains A and B through this very computation, so keep it in torch, on the tensors given.")
+    weights = torch.linspace(-1.0, 1.0, got.numel()).reshape(got.shape)  # a fixed, uneven loss: Σ w ⊙ h
+    grads = torch.autograd.grad((got * weights).sum(), (lora_A, lora_B), allow_unused=True)
+    A_ref, B_ref = A.clone().requires_grad_(), B.clone().requires_grad_()
+    expected = torch.autograd.grad((alpha / r * (x @ A_ref.T @ B_ref.T) * weights).sum(), (A_ref, B_ref))
+    for name, grad, want in zip(("lora_A", "lora_B"), grads, expected):
+        if grad is None:
+            raise Feedback(f"The values are right, but no gradient reaches {name}: it is used through a copy that "
+                           "autograd does not follow (.detach(), .data, .numpy()). Use the tensor itself.")
+        if not _close(grad, want):
+            raise Feedback(f"The output is right but the gradient reaching {name} is not that of "
+                           "(alpha / r) * x @ lora_A.T @ lora_B.T: compute the update from the tensors given.")
+
+
+def _forward_slip(got: Any, x: Any, base: Any, update: Any, expected: Any, alpha: float, r: int) -> None:
     slips = [
         (base(x), "Your output is base(x) alone: the low-rank update is missing."),
         (base(x) + update, f"The update is there but not scaled: multiply it by alpha / r (here {alpha:g} / {r} "
@@ -180,9 +211,12 @@ def check_lora_init(fn: Callable, sizes: tuple[int, int, int] = (4, 10, 7)) -> N
         passed("A = 0 and B random also starts at the base and lets gradients flow (A's gradient is Bᵀ g xᵀ). "
                "The paper, loralib, PEFT and lora_edu use the mirror image: B = 0, A random.")
         return
-    if A.std() == 0 or torch.linalg.matrix_rank(A) < r:
-        raise Feedback("lora_B is zero (good) but lora_A's rows are not independent (e.g. all entries equal): "
-                       "rows that start equal get equal gradients and stay equal, wasting rank. Draw A at random.")
+    sv = torch.linalg.svdvals(A)
+    if A.std() == 0 or sv[-1] < 1e-2 * sv[0]:  # exact or near duplicates: a rank test with a tolerance
+        raise Feedback("lora_B is zero (good) but lora_A's rows are not independent, or nearly not (its smallest "
+                       f"singular value is {float(sv[-1] / sv[0]):.2g} of its largest): rows that start (almost) "
+                       "equal get (almost) equal gradients and stay that way, wasting rank. Draw every entry of A "
+                       "at random.")
     _check_scale_of_A(float(A.std()), k)
     passed("B = 0 makes B A = 0, so the layer starts exactly as the pretrained one; a random A makes "
            "B's first gradient (α/r) (∇ₕL) (A x)ᵀ nonzero, so training can start.")
@@ -215,43 +249,68 @@ def _check_scale_of_A(std: float, in_features: int) -> None:
 # --------------------------------------------------------------------------- section 4: scaling
 
 
+def _drop_exponent(optimizer: str, init: str, q: float) -> float:
+    """The first step's loss drop grows like r**p: Adam ∝ s r σ_A, SGD ∝ s² r σ_A², s ∝ r**q, σ_A ∝ r**a."""
+    a = 0.0 if init == "kaiming" else -1.0
+    return 1 + q + a if optimizer == "Adam" else 1 + 2 * (q + a)
+
+
 @exercise
-def check_scaling(fn: Callable) -> None:
-    """``fn(alpha, r, rank_stabilized=False)``: ``alpha / r``, or ``alpha / sqrt(r)`` for rsLoRA."""
-    require_answer(fn, "lora_scaling")
+def check_drop_exponent(fn: Callable) -> None:
+    """``fn(optimizer, init, q)``: the exponent p in "first-step loss drop ∝ r**p".
+
+    ``optimizer`` is "Adam" or "SGD", ``init`` is "kaiming" (σ_A free of r) or "gaussian" (PEFT's σ_A = 1/r),
+    and the scaling is s ∝ r**q (q = 0: α, q = -1: α/r, q = -0.5: α/√r). Checked on all twelve combinations.
+    """
+    require_answer(fn, "drop_exponent")
     if not callable(fn):
-        raise Feedback("`lora_scaling` should be a function: def lora_scaling(alpha, r, rank_stabilized=False).")
-    cases = [(16, 4), (8, 8), (32, 64), (1, 16)]
-    for rs in (False, True):
-        for alpha, r in cases:
-            got = _call(fn, "lora_scaling", alpha, r, rs)
-            if isinstance(got, (str, bytes, bool)) or got is None:
-                raise Feedback(f"`lora_scaling` should return a number, not {type(got).__name__} {got!r}.")
-            try:
-                got = float(got)
-            except (TypeError, ValueError):
-                raise Feedback(f"`lora_scaling` should return a number, not {type(got).__name__}.") from None
-            want = alpha / math.sqrt(r) if rs else alpha / r
-            if math.isclose(got, want, rel_tol=1e-9):
-                continue
-            where = f"lora_scaling({alpha}, {r}, rank_stabilized={rs}) = {got:g}, expected {want:g}"
-            slips = [
-                (alpha, "that is alpha alone, the seed blog post's scaling: divide by r (or sqrt(r) for rsLoRA)."),
-                (alpha / r, "that is alpha / r, but rank_stabilized=True asks for rsLoRA's alpha / sqrt(r)."),
-                (alpha / math.sqrt(r), "that is rsLoRA's alpha / sqrt(r); without rank_stabilized it is alpha / r."),
-                (r / alpha, "the fraction is upside down: alpha / r."),
-                (alpha * r, "that multiplies by r; LoRA divides by it."),
-                (alpha / r ** 2, "that divides by r twice."),
-                (alpha // r, "// is integer division, which rounds down to a whole number: use alpha / r (true "
-                             "division)."),
-                (alpha // math.sqrt(r), "// is integer division, which rounds down to a whole number: use "
-                                        "alpha / math.sqrt(r) (true division)."),
-            ]
-            for value, why in slips:
-                if math.isclose(got, value, rel_tol=1e-9):
-                    raise Feedback(f"{where}: {why}")
-            raise Feedback(f"{where}.")
-    passed("α/r for LoRA, α/√r for rsLoRA (e.g. α = 32, r = 64: 0.5 vs 4).")
+        raise Feedback("`drop_exponent` should be a function: def drop_exponent(optimizer, init, q).")
+    combos = [(o, i, q) for o in ("Adam", "SGD") for i in ("kaiming", "gaussian") for q in (0.0, -1.0, -0.5)]
+    got = []
+    for combo in combos:
+        value = _call(fn, "drop_exponent", *combo)
+        require_answer(value, f"drop_exponent{combo}")
+        if isinstance(value, (str, bytes, bool)):
+            raise Feedback(f"`drop_exponent{combo}` should return a number (the exponent p), not {value!r}.")
+        try:
+            got.append(float(value))
+        except (TypeError, ValueError):
+            raise Feedback(f"`drop_exponent{combo}` should return a number (the exponent p), not "
+                           f"{type(value).__name__}.") from None
+    want = [_drop_exponent(*c) for c in combos]
+    if all(math.isclose(g, w, abs_tol=1e-9) for g, w in zip(got, want)):
+        passed("Adam: p = 1 + q + a, SGD: p = 1 + 2(q + a) with σ_A ∝ r^a — so with Adam and Kaiming A, α/r "
+               "(q = -1) is rank-free; with SGD and Kaiming A, α/√r is. Section 9 measures all twelve.")
+        return
+
+    def same(rule: Callable[[str, str, float], float]) -> bool:
+        return all(math.isclose(g, rule(*c), abs_tol=1e-9) for g, c in zip(got, combos))
+
+    sigma = {"kaiming": 0.0, "gaussian": -1.0}
+    slips = [
+        (lambda o, i, q: 1 + q + sigma[i],
+         "Your exponents are Adam's for SGD too. SGD's step is -lr·G_B, so its drop is lr·‖G_B‖², and G_B carries "
+         "s and σ_A: both appear squared, p = 1 + 2(q + a), while r (the number of columns summed) appears once."),
+        (lambda o, i, q: 2 * (1 + q + sigma[i]) if o == "SGD" else 1 + q + sigma[i],
+         "For SGD you squared r too: ‖G_B‖² sums over the r columns of X Aᵀ once, so r appears once; only s and "
+         "σ_A are squared: p = 1 + 2(q + a)."),
+        (lambda o, i, q: (1 + q) if o == "Adam" else (1 + 2 * q),
+         "The init matters: PEFT's Gaussian A has σ_A = 1/r, so it adds r^-1 (Adam) or r^-2 (SGD); only Kaiming "
+         "A's σ_A = 1/√(3·in) is free of r."),
+        (lambda o, i, q: (q + sigma[i]) if o == "Adam" else 2 * (q + sigma[i]),
+         "The r is missing: X Aᵀ has r columns and the drop adds up one term per column, a factor r on top of "
+         "s and σ_A."),
+        (lambda o, i, q: -(1 + q + sigma[i]) if o == "Adam" else -(1 + 2 * (q + sigma[i])),
+         "The signs are flipped: p is the exponent of the drop itself (drop ∝ r^p), so α (q = 0) with Adam and "
+         "Kaiming A gives p = +1, a drop that grows with r."),
+    ]
+    for rule, message in slips:
+        if same(rule):
+            raise Feedback(message)
+    bad = next(c for c, g, w in zip(combos, got, want) if not math.isclose(g, w, abs_tol=1e-9))
+    g = got[combos.index(bad)]
+    raise Feedback(f"drop_exponent{bad} returned {g:g}. Work it out from the two lines: Adam's drop ∝ s·r·σ_A, "
+                   "SGD's ∝ s²·r·σ_A², with s ∝ r^q and σ_A ∝ r^0 (kaiming) or r^-1 (gaussian).")
 
 
 # --------------------------------------------------------------------------- section 5: counting
@@ -378,11 +437,16 @@ def check_lora_layer(cls: Any, sizes: tuple[int, int, int] = (9, 6, 3)) -> None:
 
 
 @exercise
-def check_target_modules(patterns: Any, make_model: Callable, expected: list[str]) -> None:
-    """``apply_lora(make_model(), patterns, r=2)`` must replace exactly the ``expected`` modules."""
+def check_target_modules(patterns: Any, make_model: Callable, blocks: tuple[int, ...] = (2, 3)) -> None:
+    """``apply_lora(make_model(), patterns, r=2)`` must wrap every ``nn.Linear`` of the attention of the given
+    ``blocks`` (``blocks.<b>.attn.<name>``) and nothing else."""
     require_answer(patterns, "target_modules")
+    torch = _torch()
     from lora_edu.lora import apply_lora
 
+    wanted = tuple(f"blocks.{b}.attn." for b in blocks)
+    expected = [n for n, m in make_model().named_modules()
+                if isinstance(m, torch.nn.Linear) and n.startswith(wanted) and n.count(".") == 3]
     try:
         got = apply_lora(make_model(), patterns, r=2)
     except (ValueError, TypeError) as exc:
@@ -390,10 +454,11 @@ def check_target_modules(patterns: Any, make_model: Callable, expected: list[str
     missing = [n for n in expected if n not in got]
     extra = [n for n in got if n not in expected]
     if missing or extra:
+        which = " and ".join(map(str, blocks))
         parts = []
         if extra:
-            parts.append(f"it also wraps {extra}, which should stay plain layers (expected exactly: "
-                         f"{', '.join(expected)})")
+            parts.append(f"it also wraps {extra}, which should stay plain layers (only the attention of blocks "
+                         f"{which})")
         if missing:
             parts.append(f"it misses {missing}")
         hint = ""
@@ -431,6 +496,73 @@ def check_adapter_bytes(value: Any, model: Any) -> None:
     check_integer(value, expected, "adapter_bytes",
                   hint="Count the entries of every lora_A and lora_B, times the bytes per entry.")
     passed(f"{numbers:,} numbers × {size} bytes = {expected:,} bytes of adapter (the file adds a small header).")
+
+
+# --------------------------------------------------------------------------- section 9: the floor
+
+
+def _rank_r_floor(X: Any, target: Any, r: int) -> float:
+    """The smallest ``mean((X ΔWᵀ - target)²)`` over all ΔW of rank <= r (``X (n, k)``, ``target (n, d)``).
+
+    With ``X = Q R`` (R invertible), ``X ΔWᵀ = Q (R ΔWᵀ)`` and ``R ΔWᵀ`` is any matrix of rank <= r, so the
+    best is the Eckart–Young tail of ``Qᵀ target`` plus the part of ``target`` outside the columns of X.
+    """
+    X = np.asarray(X.detach().cpu() if hasattr(X, "detach") else X, dtype=float)
+    T = np.asarray(target.detach().cpu() if hasattr(target, "detach") else target, dtype=float)
+    Q, _ = np.linalg.qr(X)
+    inside = Q.T @ T
+    s = np.linalg.svd(inside, compute_uv=False)
+    outside = T - Q @ inside
+    return float((np.sum(s[r:] ** 2) + np.sum(outside**2)) / T.size)
+
+
+@exercise
+def check_rank_floor(value: Any, X: Any, Y: Any, W0: Any, r: int) -> None:
+    """The best MSE any rank-``r`` update reaches on ``Y ≈ X (W0 + ΔW)ᵀ``."""
+    name = f"floor_{r}"
+    require_answer(value, name)
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()
+    try:
+        if isinstance(value, (str, bytes)):
+            raise TypeError
+        got = float(np.asarray(value, dtype=float).reshape(()))
+    except (TypeError, ValueError):
+        raise Feedback(f"`{name}` should be one number (a loss), not {type(value).__name__} {value!r}.") from None
+    X_, Y_, W_ = (np.asarray(t.detach().cpu() if hasattr(t, "detach") else t, dtype=float) for t in (X, Y, W0))
+    target = Y_ - X_ @ W_.T
+    want = _rank_r_floor(X_, target, r)
+    if math.isclose(got, want, rel_tol=1e-3):
+        passed(f"no rank-{r} update gets the loss below {want:.4f}: the Eckart–Young tail of the whitened change, "
+               "divided by the number of entries.")
+        return
+    Q, R = np.linalg.qr(X_)
+    C = np.linalg.lstsq(X_, target, rcond=None)[0].T  # the change itself, (d, k)
+    s_c = np.linalg.svd(C, compute_uv=False)
+    s_w = np.linalg.svd(Q.T @ target, compute_uv=False)
+    slips = [
+        (float(np.sum(s_c[r:] ** 2) / target.size),
+         "You cut the singular values of the change C itself; the loss measures X ΔWᵀ, so C must be seen through "
+         "the data: take the SVD of Qᵀ(Y − X W0ᵀ) with X = QR (or of C Rᵀ)."),
+        (float(np.sum(s_w[r:] ** 2)), "That is the summed squared error; the MSE divides by the number of entries, "
+                                      f"Y.numel() = {target.size}."),
+        (float(np.sqrt(np.sum(s_w[r:] ** 2) / target.size)), "That is a root mean square; the loss is the mean "
+                                                                 "squared error, no square root."),
+        (float(np.sum(s_w[r + 1:] ** 2) / target.size), "Off by one: a rank-r update keeps r singular values, "
+                                                          "so the tail starts at S[r] (Python counts from 0)."),
+        (float(np.sum(s_w[r - 1:] ** 2) / target.size), "Off by one: the tail is S[r:], which leaves out the "
+                                                          "r values a rank-r update keeps."),
+        (float(np.sum(s_w[:r] ** 2) / target.size), "That is the part a rank-r update *can* fit; the floor is "
+                                                      "what is left: the tail S[r:]."),
+        (float(np.sum(target**2) / target.size), "That is the loss at the start (ΔW = 0); the floor is what is "
+                                                 f"left after the best rank-{r} update."),
+    ]
+    for wrong, message in slips:
+        if math.isclose(got, wrong, rel_tol=1e-3) and not math.isclose(wrong, want, rel_tol=1e-3):
+            raise Feedback(f"`{name}` = {got:.4g}: {message}")
+    raise Feedback(f"`{name}` = {got:.4g} is not the floor. With X = QR, the loss of ΔW is "
+                   "‖R ΔWᵀ − Qᵀ(Y − X W0ᵀ)‖²_F / Y.numel() (plus a part no ΔW can change), and R ΔWᵀ can be any "
+                   "rank-r matrix: Eckart–Young on Qᵀ(Y − X W0ᵀ).")
 
 
 # --------------------------------------------------------------------------- choices

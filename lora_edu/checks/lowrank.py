@@ -12,7 +12,7 @@ from typing import Any, Callable
 import numpy as np
 
 from lora_edu.checks import (
-    Feedback, as_array, check_choice, check_integer, check_shape, exercise, passed, require_answer,
+    Feedback, as_array, as_integer, check_choice, check_integer, check_shape, exercise, passed, require_answer,
 )
 
 # --------------------------------------------------------------------------- helpers
@@ -121,40 +121,96 @@ def _numpy_rank(M: np.ndarray, tol: float | None) -> int:
     return int(np.sum(s > tol))
 
 
+def _count(M: np.ndarray, tol: float) -> int:
+    return int(np.sum(np.linalg.svd(M, compute_uv=False) > tol))
+
+
+def _smax(M: np.ndarray) -> float:
+    return float(np.linalg.svd(M, compute_uv=False).max())
+
+
+def _eps(M: np.ndarray) -> float:
+    return float(np.finfo(M.dtype).eps)
+
+
+# Wrong tolerances learners write, each with the message that names it; the cases of check_numeric_rank
+# separate every one of them from NumPy's rule and from each other (tests/test_checks_lowrank.py checks that).
+_RANK_SLIPS: list[tuple[str, Callable[[np.ndarray, Any], int]]] = [
+    ("With tol=None you count every nonzero singular value (S > 0), but rounding leaves noise of about "
+     "S.max() · eps instead of exact zeros: use NumPy's default tolerance S.max() * max(m, n) * eps.",
+     lambda M, tol: _count(M, 0.0 if tol is None else tol)),
+    ("Your default tolerance is S.max() * eps: the size factor is missing. NumPy's default is S.max() * "
+     "max(m, n) * eps (for the 200×3 matrix with σ = 1, 1, 1e-14 that is 4.4e-14, so 1e-14 does not count).",
+     lambda M, tol: _count(M, _smax(M) * _eps(M) if tol is None else tol)),
+    ("Your default tolerance is max(m, n) * eps without S.max(), so it does not scale with the matrix: for "
+     "diag(3e-20, 1e-20) it is 4.4e-16, above both singular values. Multiply by S.max().",
+     lambda M, tol: _count(M, max(M.shape) * _eps(M) if tol is None else tol)),
+    ("Your default tolerance uses min(m, n); NumPy's is S.max() * max(m, n) * eps (for a 200×3 matrix the "
+     "factor is 200, not 3).",
+     lambda M, tol: _count(M, _smax(M) * min(M.shape) * _eps(M) if tol is None else tol)),
+    ("Your default tolerance uses m + n; NumPy's is S.max() * max(m, n) * eps (for a 100×100 matrix the "
+     "factor is 100, not 200).",
+     lambda M, tol: _count(M, _smax(M) * sum(M.shape) * _eps(M) if tol is None else tol)),
+    ("Use the eps of the matrix's own dtype, np.finfo(M.dtype).eps: for float32 it is 1.2e-7, so for the "
+     "10×10 float32 matrix the tolerance is 10 · 1.2e-7 ≈ 1.2e-6 and 5e-7 does not count.",
+     lambda M, tol: _count(M, _smax(M) * max(M.shape) * np.finfo(np.float64).eps if tol is None else tol)),
+    ("A fixed relative tolerance such as 1e-12 · S.max() is not NumPy's default: S.max() * max(m, n) * eps "
+     "is 2.2e-14 for a 100×100 matrix with σ₁ = 1, so its singular values of 3e-14 count.",
+     lambda M, tol: _count(M, 1e-12 * _smax(M) if tol is None else tol)),
+    ("When the caller gives tol, use it: with tol=1e-4 only 1 and 1e-3 of diag(1, 1e-3, 1e-6) are above it.",
+     lambda M, tol: _numpy_rank(M, None)),
+    ("A tol the caller gives is an absolute threshold: count S > tol as it is, without multiplying it by "
+     "S.max() (diag(100, 1, 1e-3) with tol=0.5 has rank 2).",
+     lambda M, tol: _numpy_rank(M, None if tol is None else tol * _smax(M))),
+]
+
+
+def _numeric_rank_cases() -> list[tuple[np.ndarray, float | None, str]]:
+    """(matrix, tol, description): the seed's matrix, tiny and float32 ones, sizes that separate max(m, n)
+    from min(m, n) and m + n, and given (absolute) tolerances."""
+    rng = np.random.default_rng(0)
+    tall = rng.standard_normal((200, 3))
+    tall = np.linalg.qr(tall)[0] * np.array([1.0, 1.0, 1e-14])   # orthonormal columns scaled: σ = 1, 1, 1e-14
+    return [
+        (np.array([[1.0, 2.0, 3.0], [2.0, 4.0, 6.0], [3.0, 6.0, 9.0]]), None,
+         "the seed's rank-1 matrix (rows 1, 2 and 3 times (1, 2, 3))"),
+        (rng.standard_normal((8, 3)) @ rng.standard_normal((3, 6)), None,
+         "an 8×6 product of an 8×3 and a 3×6 matrix"),
+        (np.diag([1.0, 1e-3, 1e-6]), 1e-4, "diag(1, 1e-3, 1e-6) with tol=1e-4"),
+        (np.diag([1.0, 1e-3, 1e-6]), None, "diag(1, 1e-3, 1e-6) with the default tolerance"),
+        (np.diag([3e-20, 1e-20]), None, "diag(3e-20, 1e-20) with the default tolerance"),
+        (_spectrum_matrix(rng, [1.0] * 50 + [3e-14] * 50), None,
+         "a 100×100 matrix with 50 singular values 1 and 50 of 3e-14, default tolerance"),
+        (np.diag([1.0, 0.5, 5e-7, 0, 0, 0, 0, 0, 0, 0]).astype(np.float32), None,
+         "a float32 10×10 diag(1, 0.5, 5e-7, 0, ...), default tolerance"),
+        (tall, None, "a 200×3 matrix with singular values 1, 1, 1e-14, default tolerance"),
+        (np.diag([100.0, 1.0, 1e-3]), 0.5, "diag(100, 1, 1e-3) with tol=0.5"),
+    ]
+
+
 @exercise
 def check_numeric_rank(fn: Callable) -> None:
     """``fn(M, tol=None)`` should count the singular values above ``tol`` (NumPy's default when None)."""
     name = "my_numeric_rank"
     _require_function(fn, name, "my_numeric_rank(M, tol=None)")
-    rng = np.random.default_rng(0)
-    seed_rank1 = np.array([[1.0, 2.0, 3.0], [2.0, 4.0, 6.0], [3.0, 6.0, 9.0]])
-    product = rng.standard_normal((8, 3)) @ rng.standard_normal((3, 6))
-    cases = [
-        (seed_rank1, None, "the seed's rank-1 matrix (rows 1, 2 and 3 times (1, 2, 3))",
-         "Its second and third singular values are rounding noise (about 1e-15), not zero: compare with a "
-         "tolerance, S > tol, instead of S > 0."),
-        (product, None, "an 8×6 product of an 8×3 and a 3×6 matrix",
-         "Its last three singular values are rounding noise: count only those above the tolerance."),
-        (np.diag([1.0, 1e-3, 1e-6]), 1e-4, "diag(1, 1e-3, 1e-6) with tol=1e-4",
-         "When the caller gives tol, use it: only 1 and 1e-3 are above 1e-4."),
-        (np.diag([1.0, 1e-3, 1e-6]), None, "diag(1, 1e-3, 1e-6) with the default tolerance",
-         "NumPy's default tolerance is S.max() * max(m, n) * eps ≈ 7e-16 here, so all three count."),
-        (np.diag([3e-20, 1e-20]), None, "diag(3e-20, 1e-20) with the default tolerance",
-         "The default tolerance must scale with the matrix: S.max() * max(m, n) * eps, not a fixed number."),
-        (_spectrum_matrix(rng, [1.0] * 50 + [1e-13] * 50), None,
-         "a 100×100 matrix with 50 singular values 1 and 50 of 1e-13, default tolerance",
-         "NumPy's default is S.max() * max(m, n) * eps = 100 · 2.2e-16 ≈ 2.2e-14 here, so the 1e-13's count: "
-         "a fixed relative tolerance such as 1e-12 · S.max() is not NumPy's default."),
-        (np.diag([1.0, 0.5, 5e-7, 0, 0, 0, 0, 0, 0, 0]).astype(np.float32), None,
-         "a float32 10×10 diag(1, 0.5, 5e-7, 0, ...), default tolerance",
-         "Use the eps of the matrix's own dtype, np.finfo(M.dtype).eps: for float32 it is 1.2e-7, so the "
-         "tolerance is 10 · 1.2e-7 ≈ 1.2e-6 and 5e-7 does not count."),
-    ]
-    for M, tol, what, hint in cases:
-        expected = _numpy_rank(M, tol)
-        got = _call(fn, name, M.copy(), tol)
-        check_integer(got, expected, f"{name}(...) for {what}", hint=hint)
-    passed("you count the singular values above the tolerance, exactly as np.linalg.matrix_rank does.")
+    cases = _numeric_rank_cases()
+    got = []
+    for M, tol, what in cases:
+        answer = _call(fn, name, M.copy(), tol)
+        require_answer(answer, f"{name}(...) for {what}")
+        got.append(as_integer(answer, f"{name}(...) for {what}"))
+    expected = [_numpy_rank(M, tol) for M, tol, _ in cases]
+    if got == expected:
+        passed("you count the singular values above the tolerance, exactly as np.linalg.matrix_rank does.")
+        return
+    for message, slip in _RANK_SLIPS:
+        if got == [slip(M.copy(), tol) for M, tol, _ in cases]:
+            raise Feedback(message)
+    (M, tol, what), g, e = next((c, g, e) for c, g, e in zip(cases, got, expected) if g != e)
+    rule = (f"with tol={tol!r} given, count the singular values S > {tol!r}" if tol is not None else
+            f"NumPy's default tolerance is S.max() * max(m, n) * eps = {_smax(M) * max(M.shape) * _eps(M):.2g} "
+            f"here, and {e} singular value{'s' if e != 1 else ''} exceed{'s' if e == 1 else ''} it")
+    check_integer(g, e, f"{name}(...) for {what}", hint=f"For this matrix {rule}.")
 
 
 def _tail_fro(S: np.ndarray, k: int) -> float:
@@ -197,22 +253,51 @@ def check_frobenius_tail(fn: Callable) -> None:
                    "= √(σ²_{k+1} + … + σ²_p).")
 
 
+def _largest_k(m: int, n: int, fraction: float, per_k: int) -> int:
+    """The largest k with k · per_k <= fraction · m · n (exact integer arithmetic for the usual fractions)."""
+    budget = fraction * m * n
+    k = int(budget // per_k)
+    while (k + 1) * per_k <= budget * (1 + 1e-12):
+        k += 1
+    while k > 0 and k * per_k > budget * (1 + 1e-12):
+        k -= 1
+    return k
+
+
 @exercise
-def check_storage(value: Any, m: int, n: int, k: int) -> None:
-    """The numbers stored for a rank-``k`` SVD of an ``m × n`` image: ``k (m + n + 1)``."""
-    name = "numbers_stored"
+def check_storage_budget(value: Any, m: int, n: int, fraction: float = 0.1) -> None:
+    """The largest k whose rank-k copy of an ``m × n`` image stores at most ``fraction`` of its m·n numbers.
+
+    Two ways of storing the copy are right: U_k, the k singular values and V_k (``k (m + n + 1)`` numbers), or
+    the singular values folded into one factor, ``U_k Σ_k`` and ``V_k`` (``k (m + n)``, as chapter 04's
+    ``B = U_k Σ_k``). Both answers pass; for most sizes they are the same number.
+    """
+    name = "k_max"
     require_answer(value, name)
-    expected = k * (m + n + 1)
+    with_s, folded = _largest_k(m, n, fraction, m + n + 1), _largest_k(m, n, fraction, m + n)
+    budget = fraction * m * n
+    got = as_integer(value, name)
+    if got in (with_s, folded):
+        stored = got * (m + n + 1)
+        note = "" if with_s == folded else (
+            f" (k = {with_s} if you store the k singular values separately, k = {folded} if you fold them into "
+            "U_k: both are right)")
+        passed(f"k = {got}: {stored:,} numbers, {100 * stored / (m * n):.1f}% of the {m * n:,} of the image"
+               f"{note}.")
+        return
     slips = {
-        k * (m + n): "You stored U_k and V_k but forgot the k singular values.",
-        m * n: "That is the full image, m·n pixels; the rank-k version stores U_k (m×k), the k singular values "
-               "and V_k (n×k).",
-        k * m * n: "k·m·n would be k full images; the factors are thin: m×k and k×n.",
-        k * (m + n + k): "You stored diag(S_k) as a k×k matrix; only its k diagonal entries are needed.",
-        k * (m + n - 1): "Close, but it is U_k (m·k numbers) + S_k (k numbers) + V_k (n·k numbers).",
+        with_s + 1: f"k = {with_s + 1} stores {(with_s + 1) * (m + n + 1):,} numbers, more than {fraction:g} · m · n "
+                    f"= {budget:,.0f}: round down, not up.",
+        int(m * n // (m + n + 1)): "That is the break-even k, where the copy costs as much as the whole image; "
+                                   f"the budget here is {fraction:g} of it.",
+        int(budget): f"That is the budget itself, {fraction:g} · m · n numbers; divide it by what one more rank costs "
+                     "(U_k gets m numbers, V_k n, and one singular value).",
+        int(100 * fraction * m * n // (m + n + 1)): f"Write the fraction as {fraction:g}, not as a percentage.",
     }
-    got = check_integer(value, expected, name, hint=slips.get(_int_or_none(value), ""))
-    passed(f"{got:,} numbers instead of {m * n:,}: {100 * got / (m * n):.1f}% of the image.")
+    slips.pop(with_s, None)
+    slips.pop(folded, None)
+    check_integer(got, with_s, name, hint=slips.get(got, "A rank-k copy stores k (m + n + 1) numbers: U_k (m·k), "
+                                                         "the k singular values and V_k (n·k)."))
 
 
 def _k_for_energy(S: np.ndarray, fraction: float) -> int:
@@ -239,6 +324,13 @@ def check_k_for_energy(fn: Callable) -> None:
         _diagnose_k(got, cases, name)
     for S in _ENERGY_BELOW_ONE:
         g = _k_answer(fn, name, S, 1.0)
+        if g == len(S) + 1:
+            e = np.cumsum(S**2) / np.sum(S**2)
+            raise Feedback(f"{name}(S, 1.0) for {len(S)} singular values returned {g}, one more than there are. "
+                           f"Rounding: np.cumsum(S**2) / np.sum(S**2) ends at {float(e[-1])!r}, not 1.0, so "
+                           f"np.searchsorted(energy, 1.0) finds no entry >= 1.0 and returns len(S) = {len(S)}; "
+                           "adding 1 goes past the end. Divide by the last cumulative sum instead (energy = c / c[-1], "
+                           "whose last entry is exactly 1.0), or cap k at len(S).")
         if g != len(S):
             e = np.cumsum(S**2) / np.sum(S**2)
             raise Feedback(f"{name}(S, 1.0) for {len(S)} singular values returned {g}, but all {len(S)} are needed "
@@ -368,45 +460,53 @@ def check_product_rank(value: Any, B: Any, A: Any) -> None:
 
 
 @exercise
-def check_factor_from_svd(fn: Callable, seed: int = 0, shape: tuple[int, int] = (7, 5), k: int = 2) -> None:
-    """``fn(M, k)`` -> ``(B, A)`` with ``B (m, k)``, ``A (k, n)`` and ``B @ A`` the best rank-k approximation."""
+def check_factor_from_svd(fn: Callable, seed: int = 0, shape: tuple[int, int] = (7, 5), r: int = 2) -> None:
+    """``fn(M, r)`` -> ``(B, A)`` with ``B (m, r)``, ``A (r, n)`` and ``B @ A`` the best rank-r approximation."""
     name = "factor_from_svd"
-    _require_function(fn, name, "factor_from_svd(M, k)")
+    _require_function(fn, name, "factor_from_svd(M, r)")
     rng = np.random.default_rng(seed)
     m, n = shape
     M = rng.standard_normal((m, n))
     U, S, Vh = np.linalg.svd(M, full_matrices=False)
-    best = (U[:, :k] * S[:k]) @ Vh[:k]
-    got = _call(fn, name, M.copy(), k)
+    best = (U[:, :r] * S[:r]) @ Vh[:r]
+    got = _call(fn, name, M.copy(), r,
+                hint="(If NumPy could not broadcast: a vector s of r singular values, shape (r,), scales the "
+                     "*columns* of a matrix, as in U[:, :r] * s; to scale the *rows* of Vh[:r] give it a column "
+                     "shape, s[:, None] * Vh[:r], or use np.diag(s) @ Vh[:r].)")
     if not isinstance(got, (tuple, list)) or len(got) != 2:
         raise Feedback(f"`{name}` should return two matrices, `return B, A`, not {type(got).__name__}.")
     B, A = as_array(got[0], "B"), as_array(got[1], "A")
-    if B.shape == (k, n) and A.shape == (m, k):
+    if B.shape == (r, n) and A.shape == (m, r):
         raise Feedback(f"B has shape {B.shape} and A {A.shape}: you returned them in the wrong order. "
-                       f"B is the tall factor (m, k) = {(m, k)}, A the wide one (k, n) = {(k, n)}; return B, A.")
-    if B.ndim == 2 and A.ndim == 2 and B.shape[0] == m and A.shape[1] == n and B.shape[1] == A.shape[0] != k:
-        raise Feedback(f"Your factors have inner dimension {B.shape[1]}, not k = {k}: keep the first k columns "
-                       "of U and the first k rows of Vh.")
-    check_shape(B, (m, k), "B")
-    check_shape(A, (k, n), "A")
+                       f"B is the tall factor (m, r) = {(m, r)}, A the wide one (r, n) = {(r, n)}; return B, A.")
+    if B.ndim == 2 and A.ndim == 2 and B.shape[0] == m and A.shape[1] == n and B.shape[1] == A.shape[0] != r:
+        raise Feedback(f"Your factors have inner dimension {B.shape[1]}, not r = {r}: keep the first r columns "
+                       "of U and the first r rows of Vh.")
+    check_shape(B, (m, r), "B")
+    check_shape(A, (r, n), "A")
     prod = B @ A
     if np.allclose(prod, best, atol=1e-9):
-        passed("B @ A is the best rank-k approximation (and B G, G⁻¹ A would be just as good: "
+        passed("B @ A is the best rank-r approximation (and B G, G⁻¹ A would be just as good: "
                "the factors are not unique, their product is).")
         return
-    Uk, Sk, Vhk = U[:, :k], S[:k], Vh[:k]
+    Ur, Sr, Vhr = U[:, :r], S[:r], Vh[:r]
     slips = {
-        "The singular values are missing: B @ A = U_k @ Vh_k. Put S_k into one of the factors (e.g. B = U_k * S_k) "
-        "or split it as √S_k into both.": Uk @ Vhk,
-        "The singular values appear twice: B @ A = U_k diag(S_k)² Vh_k. Put S_k (or √S_k on each side) in once.":
-            (Uk * Sk**2) @ Vhk,
+        "The singular values are missing: B @ A = U_r @ Vh_r. Put S_r into one of the factors (e.g. B = U_r * S_r) "
+        "or split it as √S_r into both.": Ur @ Vhr,
+        "The singular values appear twice: B @ A = U_r diag(S_r)² Vh_r. Put S_r (or √S_r on each side) in once.":
+            (Ur * Sr**2) @ Vhr,
     }
     for message, wrong in slips.items():
         if np.allclose(prod, wrong, atol=1e-9):
             raise Feedback(message)
+    if Vh.shape[0] == n:  # Vh is square (n <= m), so Vh.T[:r] has the shape of Vh[:r]: a silent slip
+        for split in (np.ones(r), np.sqrt(Sr), Sr):  # S_r all in A, halved, or all in B
+            if np.allclose(prod, (Ur * split) @ ((Sr / split)[:, None] * Vh.T[:r]), atol=1e-9):
+                raise Feedback("Vh from np.linalg.svd is already Vᵀ: its first r *rows* are the top right "
+                               "singular vectors, so build A from Vh[:r], with no .T (Vh.T[:r] takes rows of V).")
     worst = float(np.abs(prod - best).max())
-    raise Feedback(f"B @ A differs from the best rank-{k} approximation U_k diag(S_k) Vh_k by up to {worst:.3g}. "
-                   "Did you use the *first* k singular triplets (NumPy sorts them largest first)?")
+    raise Feedback(f"B @ A differs from the best rank-{r} approximation U_r diag(S_r) Vh_r by up to {worst:.3g}. "
+                   "Did you use the *first* r singular triplets (NumPy sorts them largest first)?")
 
 
 def _tail_sq(S: np.ndarray, r: int) -> float:
@@ -496,5 +596,7 @@ def check_r_meaning(choice: Any) -> None:
              "the cost is exactly the tail of its spectrum (Eckart–Young).",
         "b": "",
     }
+    if isinstance(choice, str):  # 'B' and 'b ' mean b
+        choice = choice.strip().lower()
     check_choice(choice, "b", "r_is", options)
     passed("r fixes the shapes of B and A, so rank(ΔW) = rank(BA) <= r; you pick it like a learning rate.")
