@@ -36,6 +36,8 @@ def test_downstream_answer_right(capsys):
     (lambda x: [(v + 2) % 16 for v in reversed(x)], "`reverse\\+2`"),
     (lambda x: list(x), "`copy`"),
     (lambda x: [0] * 8, "the answer is"),
+    (lambda x: [(v + 1) % 16 + 0.4 for v in reversed(x)], "whole symbols"),        # passed before (astype(int))
+    (lambda x: [float("nan")] * 8, "whole symbols"),
     (lambda x: [1, 2], "8 symbols"),
     (lambda x: 1 / 0, "ZeroDivisionError"),
     (None, "no answer yet"),
@@ -171,6 +173,9 @@ def test_smallest_rank(capsys):
     check_smallest_rank(8, SCORES, 98.0)
     with pytest.raises(Feedback, match="look further up"):
         check_smallest_rank(64, SCORES, 98.0)
+    with pytest.raises(Feedback, match="r = 64 scores 98.6%, below 99.0%") as info:   # failed before: "reaches"
+        check_smallest_rank(64, SCORES, 99.0)
+    assert "reaches 99.0%" not in str(info.value)
     with pytest.raises(Feedback, match=r"the \*smallest\* r"):
         check_smallest_rank(16, {4: 99.5, 16: 100.0}, 99.0)               # the best score, but not the smallest
     with pytest.raises(Feedback, match="below 99.0%"):
@@ -237,7 +242,9 @@ def test_phi(capsys):
     assert "✅ Correct" in capsys.readouterr().out
     for fn, match in [
         (lambda U1, U2, i, j: np.linalg.norm(U1[:, :i].T @ U2[:, :j]) ** 2, "Divide by min"),
-        (lambda U1, U2, i, j: np.linalg.norm(U1[:, :i].T @ U2[:, :j]) ** 2 / max(i, j), "not max"),
+        (lambda U1, U2, i, j: np.linalg.norm(U1[:, :i].T @ U2[:, :j]) ** 2 / max(i, j), "= j here, the larger"),
+        (lambda U1, U2, i, j: np.linalg.norm(U1[:, :i].T @ U2[:, :j]) ** 2 / i, "= i here, the larger"),  # was "max"
+        (lambda U1, U2, i, j: np.linalg.norm(U1[:, :i].T @ U2[:, :j]) ** 2 / j, "= j here, the larger"),
         (lambda U1, U2, i, j: np.linalg.norm(U1[:, :i].T @ U2[:, :j]) / min(i, j), "Square the Frobenius"),
         (lambda U1, U2, i, j: np.abs(U1[:, :i].T @ U2[:, :j]).sum() / min(i, j), "absolute values|Square the Frobenius"),
         (lambda U1, U2, i, j: 1.0, "should be"),

@@ -60,6 +60,9 @@ def check_downstream_answer(fn: Callable, seed: int = 0) -> None:
         got = _numbers(_call(fn, "downstream_answer", list(x)), "downstream_answer(x)")
         if got.shape != (8,):
             raise Feedback(f"`downstream_answer({x})` should return 8 symbols, got shape {got.shape}.")
+        if not (np.all(np.isfinite(got)) and np.all(got == np.round(got))):
+            raise Feedback(f"`downstream_answer({x})` returned {got.tolist()}: the answer is whole symbols "
+                           "(integers 0..15), not fractions.")
         got = got.astype(int).tolist()
         if got == expected:
             continue
@@ -220,8 +223,11 @@ def check_smallest_rank(answer: Any, scores: Mapping[int, float], threshold: flo
     if answer == best and answer != expected:
         raise Feedback(f"r = {answer} has the best score, but a smaller rank already reaches {threshold}%: the "
                        "question is the *smallest* r that does.")
-    if answer > expected:
+    if answer > expected and scores[answer] >= threshold:
         raise Feedback(f"r = {answer} reaches {threshold}%, but a smaller r does too: look further up the table.")
+    if answer > expected:
+        raise Feedback(f"r = {answer} scores {scores[answer]:.1f}%, below {threshold}% — and a smaller r does "
+                       f"reach it: look for the smallest r whose score is at least {threshold}%.")
     if answer < expected:
         raise Feedback(f"r = {answer} scores {scores[answer]:.1f}%, below {threshold}%.")
     above = [r for r in scores if r > expected and scores[r] < threshold]
@@ -334,8 +340,9 @@ def check_phi(fn: Callable, seed: int = 0) -> None:
         M = U1[:, :i].T @ U2[:, :j]
         slips = [
             (float(np.sum(M ** 2)), "Divide by min(i, j): without it φ is not between 0 and 1."),
-            (float(np.sum(M ** 2) / max(i, j)), "Divide by min(i, j), not max(i, j): two subspaces of sizes i < j can "
-                                                "overlap completely (φ = 1)."),
+            (float(np.sum(M ** 2) / max(i, j)),
+             f"Divide by min(i, j) = {min(i, j)}, not by {max(i, j)} (= {'i' if i > j else 'j'} here, the larger "
+             "of the two): two subspaces of sizes i < j can overlap completely (φ = 1)."),
             (float(np.linalg.norm(M) / min(i, j)), "Square the Frobenius norm: φ uses ||U1ᵀ U2||_F²."),
             (float(np.sum(np.abs(M)) / min(i, j)), "Use the squared Frobenius norm (sum of squares), not the sum of "
                                                    "absolute values."),
