@@ -1388,6 +1388,14 @@ def null_runs(settings: GridSettings = GridSettings(), long: bool = False) -> li
             + [Run(t, "scratch", lr, s) for t in settings.tasks for lr in lrs["from scratch"] for s in settings.seeds])
 
 
+LOSS_CAP = 1e12     # a diverged run's loss (inf or nan) counts as this: the worst, but a number to average
+
+
+def _capped(loss: float) -> float:
+    """``loss`` clipped to ``[1e-12, LOSS_CAP]``; a non-finite loss (a run that diverged) becomes ``LOSS_CAP``."""
+    return min(max(loss, 1e-12), LOSS_CAP) if math.isfinite(loss) else LOSS_CAP
+
+
 def _best_lrs(results: Sequence[Mapping[str, Any]], lr_grid: Mapping[str, Sequence[float]]
               ) -> dict[str, dict[str, Any]]:
     """For each label, the learning rate with the lowest mean log validation loss over seeds.
@@ -1400,7 +1408,7 @@ def _best_lrs(results: Sequence[Mapping[str, Any]], lr_grid: Mapping[str, Sequen
     by: dict[str, dict[float, list[float]]] = {}
     method: dict[str, str] = {}
     for res in results:
-        by.setdefault(res["label"], {}).setdefault(res["lr"], []).append(math.log(max(res["val_loss"], 1e-12)))
+        by.setdefault(res["label"], {}).setdefault(res["lr"], []).append(math.log(_capped(res["val_loss"])))
         method[res["label"]] = res["method"]
     out = {}
     for label, per_lr in by.items():
@@ -1813,18 +1821,20 @@ def run_grid(out: str | Path, settings: GridSettings | None = None, *, device: s
 def summarize_runs(runs: Sequence[Mapping[str, Any]], threshold: float = 99.0) -> dict[str, Any]:
     """Seeds of one setting, summarised: mean and 95 % t-interval half-width of log10 test loss and of test
     exact match (%), the geometric-mean test loss, how many seeds reached 99 % validation exact match (with
-    the median step), how many ended with a test exact match of at least ``threshold`` (``succeeded``), and
-    the per-seed values (``seeds``, ``em_seeds``, ``log10_loss_seeds``) for paired comparisons."""
+    the median step), how many ended with a test exact match of at least ``threshold`` (``succeeded``), how
+    many diverged (a non-finite loss, counted as :data:`LOSS_CAP`), and the per-seed values (``seeds``,
+    ``em_seeds``, ``log10_loss_seeds``) for paired comparisons."""
     if not runs:
         raise ValueError("runs is empty: there is nothing to summarise.")
     runs = sorted(runs, key=lambda r: r.get("seed", 0))
-    logs = [math.log10(max(r["test_loss"], 1e-12)) for r in runs]
+    logs = [math.log10(_capped(r["test_loss"])) for r in runs]
     steps = [r["steps_to_99"] for r in runs if r.get("steps_to_99") is not None]
     m, ci = t_interval(logs)
     em, em_ci = t_interval([r["test_em"] for r in runs])
     return {"n": len(runs), "log10_loss": m, "log10_loss_ci": ci, "loss": 10 ** m, "em": em, "em_ci": em_ci,
             "reached_99": len(steps), "median_steps_to_99": float(np.median(steps)) if steps else None,
             "succeeded": sum(r["test_em"] >= threshold for r in runs),
+            "diverged": sum(not math.isfinite(r["test_loss"]) for r in runs),
             "pretrain_em": float(np.mean([r["pretrain_em"] for r in runs])),
             "trainable_params": runs[0].get("trainable_params"),
             "seeds": [r.get("seed") for r in runs], "em_seeds": [r["test_em"] for r in runs],
@@ -1981,7 +1991,7 @@ def grid_summary(record: Mapping[str, Any], threshold: float = 99.0, rs_ranks: S
                    for r in ranks}
             lrs = sorted(set.intersection(*(set(v) for v in val.values())))
             one = min(lrs, key=lambda lr: np.mean([val[r][lr] for r in ranks]))
-            at_one = {r: [math.log10(max(x["test_loss"], 1e-12)) for x in table
+            at_one = {r: [math.log10(_capped(x["test_loss"])) for x in table
                           if x["label"] == f"{prefix}{r}" and x["lr"] == one] for r in ranks}
             scaling[rule] = {"lr": one, "val_loss": {r: math.exp(val[r][one]) for r in ranks},
                              "best_lr": {r: min(val[r], key=val[r].get) for r in ranks},

@@ -537,6 +537,9 @@ def test_best_learning_rate_is_chosen_on_validation_loss():
     assert high["edge"] is True and high["edge_side"] == "high"                 # the best is the largest swept
     low = E._best_lrs(results[:2] + results[2:], {"LoRA r=8": (1e-1, 3e-1)})["LoRA r=8"]   # a label's own grid
     assert low["lr"] == 1e-1 and low["edge_side"] == "low"
+    # a rate at which a seed diverged (nan) is never the best (nan compared as the smallest before)
+    diverged = [{"label": "LoRA r=8", "method": "lora", "lr": 3e-1, "val_loss": float("nan")}] + results
+    assert E._best_lrs(diverged, E.LR_GRID)["LoRA r=8"]["lr"] == 1e-1
 
 
 def test_predicted_group_time():
@@ -693,6 +696,8 @@ def test_summary_helpers():
     assert s["reached_99"] == 1 and s["median_steps_to_99"] == 50 and s["em"] == 99.0
     assert s["succeeded"] == 1 and s["em_seeds"] == [100.0, 98.0] and s["log10_loss_seeds"] == pytest.approx([-2, -1])
     assert E.summarize_runs(runs, threshold=98.0)["succeeded"] == 2
+    bad = E.summarize_runs(runs + [{"test_loss": float("inf"), "test_em": 0.0, "steps_to_99": None, "pretrain_em": 0.0}])
+    assert bad["diverged"] == 1 and bad["log10_loss_seeds"][-1] == 12.0 and math.isfinite(bad["log10_loss_ci"])
 
 
 def test_paired_difference_against_the_formula():
