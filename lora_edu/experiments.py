@@ -951,8 +951,8 @@ class Run:
     """One point of the grid: the task it trains on, a method with its settings, a learning rate, a seed.
 
     ``task`` is a downstream task, or ``"pretraining"`` for continued pretraining on :data:`PRETRAIN_TASKS`
-    (with ``method="full"``). ``seed`` picks the data stream (shared by every method: paired comparisons);
-    the run's own random start is :attr:`init`, different for every run.
+    (with ``method="full"`` or ``"lora"``: a null for either). ``seed`` picks the data stream (shared by every
+    method: paired comparisons); the run's own random start is :attr:`init`, different for every run.
     """
 
     task: str
@@ -966,16 +966,17 @@ class Run:
     def __post_init__(self) -> None:
         if self.task != CONTINUED:
             _check_task(self.task)
-        elif self.method != "full":
-            raise ValueError(f"continued pretraining (task={CONTINUED!r}) trains with method='full', "
+        elif self.method not in ("full", "lora"):
+            raise ValueError(f"continued pretraining (task={CONTINUED!r}) trains with method='full' or 'lora', "
                              f"not {self.method!r}.")
         _lora_options(self.method, self.r, None, self.target_modules, self.rank_stabilized)
 
     @property
     def label(self) -> str:
+        label = method_label(self.method, self.r, self.rank_stabilized, self.target_modules)
         if self.task == CONTINUED:
-            return "continued pretraining"
-        return method_label(self.method, self.r, self.rank_stabilized, self.target_modules)
+            return "continued pretraining" if self.method == "full" else f"continued pretraining, {label}"
+        return label
 
     @property
     def stream(self) -> str | tuple[str, ...]:
@@ -1256,6 +1257,7 @@ TRUNCATED_LABELS = ("full", "full, frozen embeddings")
 TRUNCATION_VARIANTS: dict[str, str | None] = {"keep": None, "reset": "all", "reset_embeddings": "embeddings",
                                               "reset_ln_bias": "ln_bias"}
 NULLS = "nulls"                   # the group of continued pretraining and training from scratch (same steps)
+CONTINUED_LORA_RANKS = (8, 64)    # LoRA on W_q, W_v trained on the pretraining mixture too: LoRA's own null
 LONG_SCRATCH = "long scratch"     # training from scratch with more steps (the last group)
 _CONFIG_KEYS = {"method", "r", "rank_stabilized", "target_modules", "tier", "lrs"}
 
@@ -1376,15 +1378,18 @@ def grid_runs(task: str, settings: GridSettings = GridSettings(), tier: str | No
 
 
 def null_runs(settings: GridSettings = GridSettings(), long: bool = False) -> list[Run]:
-    """The nulls' runs. ``long=False``: continued pretraining (``"full"`` on the pretraining mixture, at full
-    fine-tuning's rates: what a short run does to the weights when there is nothing new to learn) and
-    training every task from scratch at ``lrs["scratch"]`` (what learning the task does to random weights), both
-    for ``settings.steps``; ``long=True``: from scratch at ``long_scratch_lrs`` (trained for longer)."""
+    """The nulls' runs. ``long=False``: continued pretraining (the pretraining mixture, where there is nothing
+    new to learn: what a short run does to the weights anyway) with full fine-tuning at its rates and with
+    LoRA on W_q, W_v at each rank of :data:`CONTINUED_LORA_RANKS` the grid has (at that setting's rates), and
+    training every task from scratch at ``lrs["scratch"]`` (what learning the task does to random weights),
+    all for ``settings.steps``; ``long=True``: from scratch at ``long_scratch_lrs`` (trained for longer)."""
     lrs = settings.label_lrs()
     if long:
         return [Run(t, "scratch", lr, s) for t in settings.tasks for lr in settings.long_scratch_lrs
                 for s in settings.seeds]
-    return ([Run(CONTINUED, "full", lr, s) for lr in lrs["continued pretraining"] for s in settings.seeds]
+    lora = [Run(CONTINUED, "lora", lr, s, r) for r in CONTINUED_LORA_RANKS if f"LoRA r={r}" in lrs
+            for lr in lrs[f"LoRA r={r}"] for s in settings.seeds]
+    return ([Run(CONTINUED, "full", lr, s) for lr in lrs["continued pretraining"] for s in settings.seeds] + lora
             + [Run(t, "scratch", lr, s) for t in settings.tasks for lr in lrs["from scratch"] for s in settings.seeds])
 
 
@@ -1783,11 +1788,13 @@ def run_grid(out: str | Path, settings: GridSettings | None = None, *, device: s
                 cont = [e for e, res in enumerate(results) if res["task"] == CONTINUED]
                 if cont:
                     final = stack.final()
+                    by_label: dict[str, dict[str, Any]] = {}
+                    for label, lr in sorted({(results[e]["label"], results[e]["lr"]) for e in cont}):
+                        by_label.setdefault(label, {})[str(lr)] = _spectra(
+                            stack, final, _members(results, CONTINUED, label, lr))
                     record["continued_pretraining"] = {
                         "steps": steps, "runs": _table([results[e] for e in cont]),
-                        "spectra": {str(lr): _spectra(stack, final, _members(results, CONTINUED,
-                                                                             "continued pretraining", lr))
-                                    for lr in sorted({results[e]["lr"] for e in cont})}}
+                        "spectra": by_label.pop("continued pretraining", {}), "lora": by_label}
                 for t in settings.tasks:
                     record["scratch"][t] = _scratch_entry(t, results, stack, settings, steps, lrs["from scratch"])
             else:
@@ -1908,7 +1915,9 @@ def grid_summary(record: Mapping[str, Any], threshold: float = 99.0, rs_ranks: S
     - ``k90``: directions holding 90 % of ΔW's energy, per seed, averaged over the matrices each update
       touched (13 for full fine-tuning and the nulls, the 4 adapted ones for LoRA on W_q, W_v); ``k90_qv``:
       the same over W_q and W_v only, for every row (the same matrices for all); nulls: continued
-      pretraining at full fine-tuning's best rate, training from scratch (and for longer, where recorded);
+      pretraining at full fine-tuning's best rate and, as LoRA's own null, LoRA r = 8 / 64 trained on the
+      pretraining mixture at that adapter's best rate (``"continued pretraining, LoRA r=64"``), training from
+      scratch (and for longer, where recorded);
       ``lora64_k90``: per matrix, for the r = 64 adapter;
     - ``nulls``: the from-scratch runs at their best rate (steps, rate, edge, scores), where recorded;
     - ``phi``: mean φ(1, 1) per adapted matrix for r8-vs-r64, at initialisation, seed to seed, and of the
@@ -1950,6 +1959,10 @@ def grid_summary(record: Mapping[str, Any], threshold: float = 99.0, rs_ranks: S
         full_lr = entry["best"].get("full", {}).get("lr")
         if cont and full_lr is not None and str(full_lr) in cont.get("spectra", {}):
             nulls["continued pretraining"] = cont["spectra"][str(full_lr)]
+        for label, per_lr in (cont.get("lora") or {}).items():           # LoRA's own null, at LoRA's best rate
+            adapter = label.removeprefix("continued pretraining, ")
+            if adapter in entry["best"] and str(entry["best"][adapter]["lr"]) in per_lr:
+                nulls[label] = per_lr[str(entry["best"][adapter]["lr"])]
         null_runs_: dict[str, Any] = {}
         for key, name in (("scratch", "from scratch"), ("scratch_long", "from scratch, longer")):
             scratch = (record.get(key) or {}).get(task)
