@@ -2,9 +2,14 @@
 # What the course's maintainers run on a GPU machine (an H200 for the recorded results), in two parts:
 #
 #   benchmarks/gpu_session.sh sweep OUT_DIR   chapter 06's grid (python -m lora_edu.experiments grid): every
-#                                             task x method x learning rate x seed, JSON into OUT_DIR
-#                                             (BUDGET_S: start no new group after that many seconds;
-#                                             GRID_ARGS: more options, e.g. "--smoke --device cpu" for a dry run)
+#                                             task x method x learning rate x seed, JSON into OUT_DIR.
+#                                             BUDGET_S (default 190): seconds for the whole command; the grid
+#                                             starts no group predicted to end later (most important groups
+#                                             first: every task's main tier, then baselines, then nulls) and is
+#                                             stopped 10 s after it (the JSON keeps every group it finished).
+#                                             GRID_ARGS: more options, e.g. a CPU dry run at tiny sizes:
+#                                             "--device cpu --seeds 2 --steps 2 --eval-every 1 --batch-size 4
+#                                             --eval-size 16"
 #   benchmarks/gpu_session.sh check OUT_DIR   the `-m gpu` tests, then chapters 05-07 executed with
 #                                             LORA_EDU_DEVICE=cuda (executed copies and timings into OUT_DIR);
 #                                             NOTEBOOKS="notebooks/07_*.ipynb" picks fewer chapters
@@ -29,9 +34,13 @@ case "$part" in
 sweep)
     gpu=$(python3 -c "import torch, re; print(re.sub(r'[^a-z0-9]+', '-', torch.cuda.get_device_name(0).lower()).strip('-')
                      if torch.cuda.is_available() else 'cpu')")
+    budget=${BUDGET_S:-190}
+    # the grid's own budget: what is left of BUDGET_S, less 10 s for Python's start, CUDA's and the last write
+    left=$((budget - SECONDS - 10))
+    echo "sweep: ${budget} s for the command, ${left} s for the grid's groups" | tee "$out/sweep.log"
     # shellcheck disable=SC2086  # GRID_ARGS is a list of options
-    python3 -m lora_edu.experiments grid --out "$out/finetune_${gpu}.json" --budget-s "${BUDGET_S:-300}" \
-        --no-progress ${GRID_ARGS:-} 2>&1 | tee "$out/sweep.log"
+    timeout -k 5 $((budget - SECONDS + 10)) python3 -m lora_edu.experiments grid --out "$out/finetune_${gpu}.json" \
+        --budget-s "$left" --no-progress ${GRID_ARGS:-} 2>&1 | tee -a "$out/sweep.log"
     ;;
 check)
     status=0

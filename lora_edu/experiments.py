@@ -44,18 +44,21 @@ rates swept for one setting and seed do: a paired comparison).
 **Analysis**: :func:`weight_updates` (ΔW per matrix), :func:`energy_fraction`, :func:`directions_for`,
 :func:`phi_grid` (the LoRA paper's subspace similarity, Figure 3), :func:`input_directions` (what the new
 token writes into each adapted matrix's input), :func:`truncate_updates` (keep the top-k directions of every
-ΔW, optionally with embeddings, LayerNorms and biases reset) and :func:`t_interval` (Student-t intervals
-over seeds).
+ΔW, optionally with embeddings, LayerNorms and biases, or only some of them, reset), :func:`t_interval`
+(Student-t intervals over seeds) and :func:`paired_difference` (seed-by-seed differences of two settings).
 
-**The grid** (:func:`run_grid`): every task x method x learning rate x seed, trained *at once* with
-``torch.func.vmap`` (one model per grid point, stacked), then the learning rate of each method picked on
-held-out loss, and the nulls computed. It writes JSON that chapter 06 reads (:func:`grid_summary`).
+**The grid** (:func:`run_grid`): every task x setting x learning rate x seed, trained *at once* with
+``torch.func.vmap`` (one model per grid point, stacked), in groups, most important first: every task's main
+settings (full fine-tuning, LoRA at r = 1 ... 64 with α/r and α/√r), then the baselines, then the nulls
+(continued pretraining, training from scratch). Then the learning rate of each setting is picked on
+held-out loss, and the analyses run at the best rates. It writes JSON that chapter 06 reads
+(:func:`grid_summary`); a time budget skips what would not fit and says so.
 
 **Command line**::
 
     python -m lora_edu.experiments pretrain                       # rebuild the shipped checkpoint (CPU)
-    python -m lora_edu.experiments grid --out benchmarks/results/finetune_<gpu>.json   # minutes on a GPU
-    python -m lora_edu.experiments grid --smoke --out /tmp/smoke.json                  # a minute, any CPU
+    python -m lora_edu.experiments grid --out benchmarks/results/finetune_<gpu>.json   # ~3 minutes on an H200
+    python -m lora_edu.experiments grid --smoke --out /tmp/smoke.json                  # seconds, any CPU
 """
 from __future__ import annotations
 
@@ -88,8 +91,9 @@ __all__ = [
     "loss_and_accuracy", "evaluate", "answer_sources", "train", "pretrain", "save_checkpoint", "load_pretrained",
     "METHODS", "ALL_LINEAR", "method_label", "init_seed", "prepare", "finetune", "FinetuneResult",
     "weight_updates", "energy_fraction", "directions_for", "phi_grid", "phi_with_direction", "input_directions",
-    "truncate_updates", "t_interval", "state_bytes", "Run", "grid_runs", "GridSettings", "run_grid",
-    "train_runs", "grid_summary",
+    "truncate_updates", "t_interval", "state_bytes", "Run", "grid_runs", "null_runs", "GridSettings", "run_grid",
+    "train_runs", "grid_summary", "summarize_runs", "paired_difference", "run_table", "config_label", "RANKS",
+    "GRID_CONFIGS", "LR_GRID", "TRUNCATION_VARIANTS",
 ]
 
 TASK_NAMES: tuple[str, ...] = ("copy", "copy+1", "copy+2", "reverse", "reverse+1", "reverse+2")
@@ -859,20 +863,41 @@ def input_directions(model: Transformer, token: int | None = None, spec: Sequenc
     return seen
 
 
+RESET_GROUPS: dict[str, tuple[str, ...]] = {"embeddings": ("embeddings",), "ln_bias": ("ln_bias",),
+                                            "all": ("embeddings", "ln_bias")}
+
+
+def _rest_group(pname: str, linear_weights: set[str]) -> str | None:
+    """Which part of "the rest" a parameter belongs to: ``"embeddings"`` (token and position embeddings),
+    ``"ln_bias"`` (LayerNorm weights and biases, and every bias), or None (a linear layer's weight)."""
+    if pname in linear_weights:
+        return None
+    if pname.endswith("_emb.weight"):
+        return "embeddings"
+    return "ln_bias"
+
+
 @torch.no_grad()
 def truncate_updates(base: nn.Module, tuned: nn.Module, k: int, modules: Iterable[str] | None = None,
-                     reset_rest: bool = False) -> nn.Module:
+                     reset_rest: bool | str = False) -> nn.Module:
     """A copy of the fully fine-tuned ``tuned`` whose weight matrices are ``W_0 + best_rank_k(ΔW)``.
 
     Only the ``nn.Linear`` weights listed in ``modules`` (default: all) are truncated; ``k = 0`` puts them
     back to ``W_0``, and ``k`` larger than a matrix allows keeps its whole update. Everything else
-    (embeddings, LayerNorms, biases) keeps its fine-tuned value, or, with ``reset_rest=True``, goes back to
-    ``base``'s value, so that only the linear layers' low-rank updates remain.
+    (embeddings, LayerNorms, biases) keeps its fine-tuned value, or goes back to ``base``'s value:
+    ``reset_rest=True`` (or ``"all"``) resets all of it, so that only the linear layers' low-rank updates
+    remain; ``"embeddings"`` resets only the token and position embeddings; ``"ln_bias"`` only the
+    LayerNorms and biases.
     """
     from lora_edu.lowrank import best_rank_k
 
     if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 0:
         raise ValueError(f"k must be an int >= 0 (the directions kept in every ΔW), got {k!r}.")
+    if reset_rest is True:
+        reset_rest = "all"
+    if reset_rest is not False and reset_rest not in RESET_GROUPS:
+        raise ValueError(f"reset_rest must be False, True or one of {', '.join(map(repr, RESET_GROUPS))}, "
+                         f"got {reset_rest!r}.")
     out = copy.deepcopy(tuned)
     base_modules = dict(base.named_modules())
     names = linear_names(out) if modules is None else list(modules)
@@ -891,7 +916,7 @@ def truncate_updates(base: nn.Module, tuned: nn.Module, k: int, modules: Iterabl
         base_params = dict(base.named_parameters())
         weights = {f"{n}.weight" for n in linear_names(out)}
         for pname, p in out.named_parameters():
-            if pname not in weights:
+            if _rest_group(pname, weights) in RESET_GROUPS[reset_rest]:
                 p.copy_(base_params[pname].to(p.device, p.dtype))
     return out.eval()
 
@@ -926,8 +951,8 @@ class Run:
     """One point of the grid: the task it trains on, a method with its settings, a learning rate, a seed.
 
     ``task`` is a downstream task, or ``"pretraining"`` for continued pretraining on :data:`PRETRAIN_TASKS`
-    (with ``method="full"``). ``seed`` picks the data stream (shared by every method: paired comparisons);
-    the run's own random start is :attr:`init`, different for every run.
+    (with ``method="full"`` or ``"lora"``: a null for either). ``seed`` picks the data stream (shared by every
+    method: paired comparisons); the run's own random start is :attr:`init`, different for every run.
     """
 
     task: str
@@ -941,16 +966,17 @@ class Run:
     def __post_init__(self) -> None:
         if self.task != CONTINUED:
             _check_task(self.task)
-        elif self.method != "full":
-            raise ValueError(f"continued pretraining (task={CONTINUED!r}) trains with method='full', "
+        elif self.method not in ("full", "lora"):
+            raise ValueError(f"continued pretraining (task={CONTINUED!r}) trains with method='full' or 'lora', "
                              f"not {self.method!r}.")
         _lora_options(self.method, self.r, None, self.target_modules, self.rank_stabilized)
 
     @property
     def label(self) -> str:
+        label = method_label(self.method, self.r, self.rank_stabilized, self.target_modules)
         if self.task == CONTINUED:
-            return "continued pretraining"
-        return method_label(self.method, self.r, self.rank_stabilized, self.target_modules)
+            return "continued pretraining" if self.method == "full" else f"continued pretraining, {label}"
+        return label
 
     @property
     def stream(self) -> str | tuple[str, ...]:
@@ -1051,6 +1077,11 @@ class _Stack:
     def effective(self) -> dict[str, torch.Tensor]:
         """Every run's parameters, stacked: ``name -> (E, *shape)``."""
         return torch.func.vmap(self._effective)(self.const, self.train)
+
+    @torch.no_grad()
+    def final(self) -> dict[str, torch.Tensor]:
+        """:meth:`effective` without a graph: the trained parameters, for analysis."""
+        return self.effective()
 
     def _logits(self, params: dict[str, torch.Tensor], seq: torch.Tensor) -> torch.Tensor:
         L = self.spec.length
@@ -1164,7 +1195,7 @@ def train_runs(runs: Sequence[Run], base: Transformer, *, steps: int, batch_size
         window += losses.detach().double()
         counted += 1
         if (step + 1) % eval_every == 0 or step + 1 == steps:
-            scores = stack.evaluate(stack.effective(), val)
+            scores = stack.evaluate(stack.final(), val)
             curves["step"].append(step + 1)
             curves["train_loss"].append((window / counted).cpu().numpy())
             curves["val_loss"].append(scores["loss"])
@@ -1172,7 +1203,7 @@ def train_runs(runs: Sequence[Run], base: Transformer, *, steps: int, batch_size
             window.zero_()
             counted = 0
     bar.close()
-    final = stack.effective()
+    final = stack.final()
     test = stack.evaluate(final, _stacked_sets(runs, test_size, EVAL_SEED, spec, device))
     pre = stack.evaluate(final, _stacked_sets(runs, pretrain_eval_size, EVAL_SEED + 1, spec, device, pretraining=True))
     val_em = np.array(curves["val_em"])                                   # (evals, E)
@@ -1196,27 +1227,58 @@ def train_runs(runs: Sequence[Run], base: Transformer, *, steps: int, batch_size
 
 # --------------------------------------------------------------------------- the grid
 
+RANKS: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
+TIERS: tuple[str, ...] = ("main", "baselines")
 GRID_CONFIGS: tuple[dict[str, Any], ...] = (
-    {"method": "full"}, {"method": "full_frozen_emb"}, {"method": "embedding"}, {"method": "bias_ln"},
-    {"method": "head"}, {"method": "lora_fa", "r": 8},
-    *({"method": "lora", "r": r} for r in (1, 2, 4, 8, 16, 64)),
-    *({"method": "lora", "r": r, "rank_stabilized": True} for r in (4, 8, 16, 64)),
-    {"method": "lora", "r": 16, "target_modules": ("q_proj",)},
-    {"method": "lora", "r": 16, "target_modules": ("v_proj",)},
-    {"method": "lora", "r": 8, "target_modules": ALL_LINEAR},
+    # "main": what every task's findings rest on, trained first for every task — full fine-tuning (with and
+    # without its embeddings: the truncation test's run) and LoRA on W_q, W_v at every rank with both rules
+    {"method": "full", "tier": "main"}, {"method": "full_frozen_emb", "tier": "main"},
+    *({"method": "lora", "r": r, "tier": "main"} for r in RANKS),
+    *({"method": "lora", "r": r, "rank_stabilized": True, "tier": "main"} for r in RANKS),
+    # "baselines": what a finding must beat (trivial adapters), and where else an adapter can sit
+    {"method": "embedding", "tier": "baselines"}, {"method": "bias_ln", "tier": "baselines"},
+    {"method": "head", "tier": "baselines"}, {"method": "lora_fa", "r": 8, "tier": "baselines"},
+    {"method": "lora", "r": 16, "target_modules": ("q_proj",), "tier": "baselines"},
+    {"method": "lora", "r": 16, "target_modules": ("v_proj",), "tier": "baselines", "lrs": (1e-2, 3e-2, 1e-1, 3e-1)},
+    {"method": "lora", "r": 8, "target_modules": ALL_LINEAR, "tier": "baselines"},
 )
+# Learning rates per method (a config's own "lrs" wins). Chosen so that the best rate of every setting lies
+# inside the range in the earlier recordings (full fine-tuning, the head, biases + LayerNorms and LoRA-FA
+# wanted the largest rate swept there); `edge` in the record says where it still does not.
 LR_GRID: dict[str, tuple[float, ...]] = {
-    "full": (3e-4, 1e-3, 3e-3, 1e-2), "full_frozen_emb": (3e-4, 1e-3, 3e-3, 1e-2),
-    "embedding": (1e-2, 3e-2, 1e-1, 3e-1), "bias_ln": (3e-3, 1e-2, 3e-2, 1e-1), "head": (3e-3, 1e-2, 3e-2, 1e-1),
-    "lora": (3e-3, 1e-2, 3e-2, 1e-1), "lora_fa": (3e-3, 1e-2, 3e-2, 1e-1), "scratch": (3e-3,),
+    "full": (1e-3, 3e-3, 1e-2, 3e-2, 1e-1), "full_frozen_emb": (1e-3, 3e-3, 1e-2, 3e-2, 1e-1),
+    "embedding": (3e-2, 1e-1, 3e-1, 1.0), "bias_ln": (1e-2, 3e-2, 1e-1, 3e-1, 1.0),
+    "head": (3e-2, 1e-1, 3e-1, 1.0, 3.0), "lora": (3e-3, 1e-2, 3e-2, 1e-1),
+    "lora_fa": (1e-2, 3e-2, 1e-1, 3e-1, 1.0), "scratch": (1e-3, 3e-3, 1e-2),
 }
-SPECTRA_LABELS = ("full", "full, frozen embeddings", "LoRA r=8", "LoRA r=64")
+SPECTRA_LABELS = ("full", "full, frozen embeddings", "LoRA r=8", "LoRA r=64", "rsLoRA r=64", "LoRA r=8 all linear")
 TRUNCATED_LABELS = ("full", "full, frozen embeddings")
+# the truncation test's variants: what goes back to its pretrained value besides the cut matrices
+TRUNCATION_VARIANTS: dict[str, str | None] = {"keep": None, "reset": "all", "reset_embeddings": "embeddings",
+                                              "reset_ln_bias": "ln_bias"}
+NULLS = "nulls"                   # the group of continued pretraining and training from scratch (same steps)
+CONTINUED_LORA_RANKS = (8, 64)    # LoRA on W_q, W_v trained on the pretraining mixture too: LoRA's own null
+LONG_SCRATCH = "long scratch"     # training from scratch with more steps (the last group)
+_CONFIG_KEYS = {"method", "r", "rank_stabilized", "target_modules", "tier", "lrs"}
+
+
+def config_label(config: Mapping[str, Any]) -> str:
+    """The label of a grid config, e.g. ``{"method": "lora", "r": 8, "rank_stabilized": True}`` -> ``"rsLoRA r=8"``."""
+    targets = config.get("target_modules")
+    return method_label(config["method"], config.get("r"), config.get("rank_stabilized", False),
+                        tuple(targets) if targets else None)
 
 
 @dataclass(frozen=True)
 class GridSettings:
-    """The sizes of one grid (the defaults are the recorded GPU grid; :meth:`smoke` runs in seconds)."""
+    """The sizes of one grid (the defaults are the recorded GPU grid; :meth:`smoke` runs in seconds).
+
+    ``configs``: the settings trained on every task, each with its ``tier`` (``"main"``: trained first, for
+    every task; ``"baselines"``: after that) and optionally its own learning rates ``lrs`` (else ``lrs`` of
+    its method). The nulls train ``steps`` steps too (continued pretraining at full fine-tuning's rates,
+    training from scratch at ``lrs["scratch"]``); the last group trains from scratch for
+    ``long_scratch_factor`` times as many steps at ``long_scratch_lrs``.
+    """
 
     tasks: tuple[str, ...] = ("reverse+1", "remap-16", "swap+1", "remap-4", "reverse+3", "remap-2", "remap-8")
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)
@@ -1228,63 +1290,164 @@ class GridSettings:
     pretrain_eval_size: int = 500
     truncation_size: int = 1000
     truncation_ks: tuple[int, ...] = (0, 1, 2, 4, 8, 16, 32, 64)
-    scratch_steps: int = 600
-    scratch_after: int = 3
+    long_scratch_factor: int = 3
+    long_scratch_lrs: tuple[float, ...] = (3e-3, 1e-2)
     configs: tuple[dict[str, Any], ...] = GRID_CONFIGS
     lrs: tuple[tuple[str, tuple[float, ...]], ...] = tuple(LR_GRID.items())
+
+    def __post_init__(self) -> None:
+        for task in self.tasks:
+            if task not in DOWNSTREAM_TASKS:
+                raise ValueError(f"GridSettings.tasks: {task!r} is not a downstream task "
+                                 f"({', '.join(DOWNSTREAM_TASKS)}).")
+        if not self.seeds:
+            raise ValueError("GridSettings.seeds must name at least one seed.")
+        methods = dict(self.lrs)
+        for config in self.configs:
+            extra = set(config) - _CONFIG_KEYS
+            if extra or "method" not in config:
+                raise ValueError(f"GridSettings.configs: {config!r} needs a 'method' and may only have the keys "
+                                 f"{sorted(_CONFIG_KEYS)} (unknown: {sorted(extra)}).")
+            if config.get("tier", "main") not in TIERS:
+                raise ValueError(f"GridSettings.configs: {config!r} has tier {config.get('tier')!r}; the tiers are "
+                                 f"{', '.join(map(repr, TIERS))}.")
+            if "lrs" not in config and config["method"] not in methods:
+                raise ValueError(f"GridSettings.lrs has no rates for method {config['method']!r} (config {config!r}).")
+            config_label(config)                  # validates method, r, targets
+        if len({config_label(c) for c in self.configs}) != len(self.configs):
+            raise ValueError("GridSettings.configs: two configs have the same label.")
 
     @classmethod
     def smoke(cls) -> GridSettings:
         """A few steps of a few settings: checks the machinery in seconds (its numbers mean nothing)."""
         return cls(tasks=("reverse+1", "remap-16"), seeds=(0, 1), steps=3, eval_every=2, val_size=40,
                    test_size=40, pretrain_eval_size=40, truncation_size=40, truncation_ks=(0, 1, 64),
-                   scratch_steps=3,
-                   configs=({"method": "full"}, {"method": "embedding"}, {"method": "lora", "r": 8},
-                            {"method": "lora", "r": 64}),
-                   lrs=tuple((m, v[1:3] if m == "full" else v[-1:] if m == "scratch" else v[2:3])
-                             for m, v in LR_GRID.items()))
+                   long_scratch_factor=2, long_scratch_lrs=(3e-3,),
+                   configs=({"method": "full", "tier": "main"}, {"method": "full_frozen_emb", "tier": "main"},
+                            {"method": "lora", "r": 8, "tier": "main"}, {"method": "lora", "r": 64, "tier": "main"},
+                            {"method": "lora", "r": 8, "rank_stabilized": True, "tier": "main"},
+                            {"method": "embedding", "tier": "baselines"}, {"method": "head", "tier": "baselines"}),
+                   lrs=tuple((m, v[1:3] if m in ("full", "scratch") else v[2:3]) for m, v in LR_GRID.items()))
+
+    def config_lrs(self, config: Mapping[str, Any]) -> tuple[float, ...]:
+        """The learning rates swept for ``config``: its own ``lrs``, else its method's."""
+        return tuple(config["lrs"]) if config.get("lrs") else tuple(dict(self.lrs)[config["method"]])
+
+    def label_lrs(self) -> dict[str, tuple[float, ...]]:
+        """Every label of the grid (configs and nulls) -> the learning rates swept for it."""
+        lrs = dict(self.lrs)
+        out = {config_label(c): self.config_lrs(c) for c in self.configs}
+        out["continued pretraining"] = tuple(lrs.get("full", ()))
+        out["from scratch"] = tuple(lrs.get("scratch", ()))
+        return out
+
+    @property
+    def long_scratch_steps(self) -> int:
+        return self.long_scratch_factor * self.steps
+
+    def groups(self) -> list[tuple[str, str, str | None]]:
+        """The groups in the order they train, most important first: ``(name, kind, task)``.
+
+        Every task's main tier, then every task's baselines, then the nulls (continued pretraining and
+        training from scratch, all tasks at once, ``steps`` steps), then training from scratch for longer.
+        """
+        out = [(f"{task}/{tier}", tier, task) for tier in TIERS for task in self.tasks
+               if any(c.get("tier", "main") == tier for c in self.configs)]
+        out.append((NULLS, NULLS, None))
+        if self.long_scratch_factor > 0 and self.long_scratch_lrs:
+            out.append((LONG_SCRATCH, LONG_SCRATCH, None))
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: getattr(self, k) for k in self.__dataclass_fields__}
         out["configs"] = [{k: list(v) if isinstance(v, tuple) else v for k, v in c.items()} for c in self.configs]
         out["lrs"] = {m: list(v) for m, v in self.lrs}
+        out["long_scratch_steps"] = self.long_scratch_steps
         return json.loads(json.dumps(out))
 
 
-def grid_runs(task: str, settings: GridSettings = GridSettings(), continued: bool = False) -> list[Run]:
-    """Every run of one task's group: each config x its method's learning rates x the seeds.
-
-    With ``continued=True`` the group also holds continued pretraining (``"full"`` on the pretraining
-    mixture, at full fine-tuning's rates): the null that says what a short run does to weights anyway.
-    """
-    lrs = dict(settings.lrs)
-    runs = [Run(task, c["method"], lr, seed, c.get("r"), c.get("rank_stabilized", False),
+def grid_runs(task: str, settings: GridSettings = GridSettings(), tier: str | None = None) -> list[Run]:
+    """Every run of one task's group: each config of ``tier`` (default: every tier) x its learning rates x the
+    seeds."""
+    if tier is not None and tier not in TIERS:
+        raise ValueError(f"tier must be one of {', '.join(map(repr, TIERS))} or None, got {tier!r}.")
+    return [Run(task, c["method"], lr, seed, c.get("r"), c.get("rank_stabilized", False),
                 tuple(c["target_modules"]) if c.get("target_modules") else None)
-            for c in settings.configs for lr in lrs[c["method"]] for seed in settings.seeds]
-    if continued:
-        runs += [Run(CONTINUED, "full", lr, seed) for lr in lrs["full"] for seed in settings.seeds]
-    return runs
+            for c in settings.configs if tier is None or c.get("tier", "main") == tier
+            for lr in settings.config_lrs(c) for seed in settings.seeds]
 
 
-def _best_lrs(results: Sequence[dict[str, Any]], lr_grid: Mapping[str, Sequence[float]]) -> dict[str, dict[str, Any]]:
-    """For each label, the learning rate with the lowest mean log validation loss over seeds."""
+def null_runs(settings: GridSettings = GridSettings(), long: bool = False) -> list[Run]:
+    """The nulls' runs. ``long=False``: continued pretraining (the pretraining mixture, where there is nothing
+    new to learn: what a short run does to the weights anyway) with full fine-tuning at its rates and with
+    LoRA on W_q, W_v at each rank of :data:`CONTINUED_LORA_RANKS` the grid has (at that setting's rates), and
+    training every task from scratch at ``lrs["scratch"]`` (what learning the task does to random weights),
+    all for ``settings.steps``; ``long=True``: from scratch at ``long_scratch_lrs`` (trained for longer)."""
+    lrs = settings.label_lrs()
+    if long:
+        return [Run(t, "scratch", lr, s) for t in settings.tasks for lr in settings.long_scratch_lrs
+                for s in settings.seeds]
+    lora = [Run(CONTINUED, "lora", lr, s, r) for r in CONTINUED_LORA_RANKS if f"LoRA r={r}" in lrs
+            for lr in lrs[f"LoRA r={r}"] for s in settings.seeds]
+    return ([Run(CONTINUED, "full", lr, s) for lr in lrs["continued pretraining"] for s in settings.seeds] + lora
+            + [Run(t, "scratch", lr, s) for t in settings.tasks for lr in lrs["from scratch"] for s in settings.seeds])
+
+
+LOSS_CAP = 1e12     # a diverged run's loss (inf or nan) counts as this: the worst, but a number to average
+
+
+def _capped(loss: float) -> float:
+    """``loss`` clipped to ``[1e-12, LOSS_CAP]``; a non-finite loss (a run that diverged) becomes ``LOSS_CAP``."""
+    return min(max(loss, 1e-12), LOSS_CAP) if math.isfinite(loss) else LOSS_CAP
+
+
+def _best_lrs(results: Sequence[Mapping[str, Any]], lr_grid: Mapping[str, Sequence[float]]
+              ) -> dict[str, dict[str, Any]]:
+    """For each label, the learning rate with the lowest mean log validation loss over seeds.
+
+    ``lr_grid`` maps a label (or, in older records, a method) to the rates swept for it. ``edge``: the best rate
+    is the smallest or the largest swept (``edge_side`` says which: ``"low"``/``"high"``); ``lr_spread``: how
+    much the mean log validation loss varies over the rates (near 0: the rate hardly matters, so an edge says
+    little).
+    """
     by: dict[str, dict[float, list[float]]] = {}
     method: dict[str, str] = {}
     for res in results:
-        by.setdefault(res["label"], {}).setdefault(res["lr"], []).append(math.log(max(res["val_loss"], 1e-12)))
+        by.setdefault(res["label"], {}).setdefault(res["lr"], []).append(math.log(_capped(res["val_loss"])))
         method[res["label"]] = res["method"]
     out = {}
     for label, per_lr in by.items():
         means = {lr: float(np.mean(v)) for lr, v in per_lr.items()}
         best = min(means, key=means.get)
-        grid = sorted(lr_grid.get(method[label], per_lr))
-        out[label] = {"lr": best, "edge": len(grid) > 1 and best in (grid[0], grid[-1]),
+        grid = sorted(lr_grid.get(label, lr_grid.get(method[label], per_lr)))
+        side = None if len(grid) < 2 else "low" if best == grid[0] else "high" if best == grid[-1] else None
+        out[label] = {"lr": best, "edge": side is not None, "edge_side": side,
+                      "lr_spread": round(max(means.values()) - min(means.values()), 4),
                       "mean_log_val_loss": {str(lr): round(v, 4) for lr, v in sorted(means.items())}}
     return out
 
 
 def _rounded(values: Iterable[float], digits: int = 4) -> list[float]:
     return [float(f"{v:.{digits}g}") for v in values]
+
+
+RUN_COLUMNS = ("label", "lr", "seed", "val_loss", "val_em", "test_loss", "test_em", "pretrain_em", "steps_to_99")
+
+
+def _table(results: Sequence[Mapping[str, Any]], rows: list | None = None) -> dict[str, Any]:
+    """Runs as a compact table ``{"columns": RUN_COLUMNS, "rows": [[...], ...]}`` (appended to ``rows``)."""
+    rows = list(rows or [])
+    rows += [[float(f"{res[k]:.5g}") if isinstance(res[k], float) else res[k] for k in RUN_COLUMNS]
+             for res in results]
+    return {"columns": list(RUN_COLUMNS), "rows": rows}
+
+
+def run_table(runs: Any) -> list[dict[str, Any]]:
+    """The runs of a recorded entry (``entry["runs"]``) as a list of dicts, whichever way they were stored
+    (a table with ``columns`` and ``rows``, or a list of dicts in older records)."""
+    if isinstance(runs, Mapping) and "columns" in runs:
+        return [dict(zip(runs["columns"], row)) for row in runs["rows"]]
+    return [dict(r) for r in runs]
 
 
 @torch.no_grad()
@@ -1307,31 +1470,32 @@ def _spectra(stack: _Stack, final: dict[str, torch.Tensor], members: Sequence[in
 @torch.no_grad()
 def _truncation(stack: _Stack, final: dict[str, torch.Tensor], members: Sequence[int], ks: Sequence[int],
                 seq: torch.Tensor) -> dict[str, Any]:
-    """Exact match and loss of the fine-tuned runs ``members`` with every ΔW cut to rank k, for each k, with the
-    other parameters fine-tuned (``keep``) or back at their pretrained values (``reset``)."""
+    """Exact match and loss of the fine-tuned runs ``members`` with every ΔW cut to rank k, for each k and each
+    of :data:`TRUNCATION_VARIANTS`: the other parameters fine-tuned (``keep``), all back at their pretrained
+    values (``reset``), or only the embeddings (``reset_embeddings``) or only LayerNorms and biases
+    (``reset_ln_bias``) back."""
     members = list(members)
     weights = {n + ".weight" for n in linear_names(stack.net)}
     base = {n: t[members] for n, t in stack.const["base"].items()}
     tuned = {n: t[members] for n, t in final.items()}
     svd = {n: torch.linalg.svd((tuned[n] - base[n]).double(), full_matrices=False) for n in weights}
+    cut = {}
+    for k in ks:
+        for n in weights:
+            U, S, Vh = svd[n]
+            kk = min(k, S.shape[-1])
+            cut[n, k] = base[n] + ((U[..., :kk] * S[..., None, :kk]) @ Vh[..., :kk, :]).to(base[n].dtype)
     variants = []
-    for variant in ("keep", "reset"):
+    for reset in TRUNCATION_VARIANTS.values():
+        groups = RESET_GROUPS[reset] if reset else ()
         for k in ks:
-            params = {}
-            for n in base:
-                if n in weights:
-                    U, S, Vh = svd[n]
-                    kk = min(k, S.shape[-1])
-                    delta = (U[..., :kk] * S[..., None, :kk]) @ Vh[..., :kk, :]
-                    params[n] = base[n] + delta.to(base[n].dtype)
-                else:
-                    params[n] = base[n] if variant == "reset" else tuned[n]
-            variants.append(params)
+            variants.append({n: cut[n, k] if n in weights else base[n] if _rest_group(n, weights) in groups
+                             else tuned[n] for n in base})
     stacked = {n: torch.cat([v[n] for v in variants]) for n in base}
     scores = stack.evaluate(stacked, seq[None].expand(len(variants) * len(members), -1, -1))
     out: dict[str, Any] = {}
     i = 0
-    for variant in ("keep", "reset"):
+    for variant in TRUNCATION_VARIANTS:
         out[variant] = {}
         for k in ks:
             rows = slice(i, i + len(members))
@@ -1344,7 +1508,8 @@ def _truncation(stack: _Stack, final: dict[str, torch.Tensor], members: Sequence
 def _phi_analysis(stack: _Stack, members8: Sequence[int], members64: Sequence[int], full_delta: dict[str, Any],
                   directions: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     """φ between the r = 8 and r = 64 adapters, with its nulls: at initialisation, seed to seed at equal r,
-    and against the new instruction's direction in each adapted matrix's input."""
+    and against the new instruction's direction in each adapted matrix's input. ``diag``: φ(i, i) for
+    i <= 8 per seed; ``row1``: φ(1, j) for every j; ``grid8``: φ(i, j) for i, j <= 8 (the figure)."""
     out: dict[str, Any] = {}
     n = len(members8)
     for slot in stack.slots:
@@ -1356,17 +1521,19 @@ def _phi_analysis(stack: _Stack, members8: Sequence[int], members64: Sequence[in
         i8 = [stack.init_A[slot][e] for e in members8]
         i64 = [stack.init_A[slot][e] for e in members64]
 
-        def pairs(xs: list, ys: list, shift: int, row1: bool = False) -> dict[str, list]:
+        def pairs(xs: list, ys: list, shift: int, row1: bool = False, grid8: bool = False) -> dict[str, list]:
             grids = [phi_grid(xs[s], ys[(s + shift) % len(ys)]) for s in range(len(xs))]
             out = {"diag": [_rounded(np.diag(g[:8, :8]), 3) for g in grids]}
             if row1:                                            # φ(1, j) for every j: the paper's Figure 3 rows
                 out["row1"] = [_rounded(g[0], 3) for g in grids]
+            if grid8:
+                out["grid8"] = [[_rounded(row, 3) for row in g[:8, :8]] for g in grids]
             return out
 
         u = directions[slot]
-        entry = {"r8_vs_r64": pairs(r8, r64, 0, row1=True), "init_r8_vs_r64": pairs(i8, i64, 0)}
+        entry = {"r8_vs_r64": pairs(r8, r64, 0, row1=True, grid8=True), "init_r8_vs_r64": pairs(i8, i64, 0)}
         if n > 1:
-            entry["r8_seed_to_seed"] = pairs(r8, r8, 1)
+            entry["r8_seed_to_seed"] = pairs(r8, r8, 1, grid8=True)
             entry["r64_seed_to_seed"] = pairs(r64, r64, 1)
         entry["new_token"] = {
             "r8": [_rounded(phi_with_direction(a, u), 3) for a in r8],
@@ -1376,6 +1543,30 @@ def _phi_analysis(stack: _Stack, members8: Sequence[int], members64: Sequence[in
         if slot in full_delta:
             entry["new_token"]["full"] = [_rounded(phi_with_direction(d, u)[:8], 3) for d in full_delta[slot]]
         out[slot] = entry
+    return out
+
+
+@torch.no_grad()
+def _lora_vs_full(stack: _Stack, final: dict[str, torch.Tensor], lora: Sequence[int], full: Sequence[int]
+                  ) -> dict[str, dict[str, list[float]]]:
+    """LoRA's ΔW next to full fine-tuning's, seed by seed (``lora[s]`` and ``full[s]`` share a data stream), in
+    every matrix the adapter holds: the cosine ⟨ΔW_LoRA, ΔW_full⟩_F / (‖·‖‖·‖), the cosine with the full
+    update's best rank-8 part, and the norm ratio ‖ΔW_LoRA‖_F / ‖ΔW_full‖_F."""
+    out: dict[str, dict[str, list[float]]] = {}
+    for slot in stack.slots:
+        if any(stack.init_A[slot][e] is None for e in lora):
+            continue
+        key = slot + ".weight"
+        dl = (final[key][list(lora)] - stack.const["base"][key][list(lora)]).double()
+        df = (final[key][list(full)] - stack.const["base"][key][list(full)]).double()
+        U, S, Vh = torch.linalg.svd(df, full_matrices=False)
+        df8 = (U[..., :8] * S[..., None, :8]) @ Vh[..., :8, :]
+
+        def cos(a: torch.Tensor, b: torch.Tensor) -> list[float]:
+            return _rounded(((a * b).sum((-2, -1)) / (a.norm(dim=(-2, -1)) * b.norm(dim=(-2, -1)))).tolist())
+
+        out[slot] = {"cos": cos(dl, df), "cos_best8": cos(dl, df8),
+                     "norm_ratio": _rounded((dl.norm(dim=(-2, -1)) / df.norm(dim=(-2, -1))).tolist())}
     return out
 
 
@@ -1416,6 +1607,8 @@ def _versions() -> dict[str, str]:
     return {**versions(("torch", "peft", "numpy", "safetensors")), "cuda": torch.version.cuda or "none"}
 
 
+
+
 def _finals(results: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     keep = ("label", "lr", "seed", "trainable_params", "val_loss", "val_em", "test_loss", "test_em",
             "test_token_accuracy", "pretrain_em", "steps_to_99")
@@ -1428,46 +1621,84 @@ def _with_curves(res: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _members(results: Sequence[Mapping[str, Any]], task: str, label: str, lr: float) -> list[int]:
+    """The runs of one setting (task, label, rate), ordered by seed."""
+    return sorted((e for e, res in enumerate(results)
+                   if res["task"] == task and res["label"] == label and res["lr"] == lr),
+                  key=lambda e: results[e]["seed"])
+
+
 def _task_entry(task: str, results: list[dict[str, Any]], stack: _Stack, base: Transformer,
-                settings: GridSettings, directions: Mapping[str, torch.Tensor]
-                ) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """One task's record (best rates, spectra, truncation, φ) and, if the group held it, continued pretraining's."""
-    lr_grid = dict(settings.lrs)
-    final = stack.effective()
+                settings: GridSettings, directions: Mapping[str, torch.Tensor],
+                entry: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One task's record, or what one more group of it adds to ``entry``: the runs, each label's best rate with
+    its runs and curves, the spectra, truncation, φ and LoRA-vs-full comparisons of the labels this group
+    trained (each at its best rate)."""
+    entry = {} if entry is None else entry
+    final = stack.final()
     mine = [e for e, res in enumerate(results) if res["task"] == task]
-    best = _best_lrs([results[e] for e in mine], lr_grid)
+    best = _best_lrs([results[e] for e in mine], settings.label_lrs())
 
-    def members(label: str, lr: float) -> list[int]:
-        return sorted((e for e in range(len(results)) if results[e]["label"] == label and results[e]["lr"] == lr),
-                      key=lambda e: results[e]["seed"])
+    def members(label: str) -> list[int]:
+        return _members(results, task, label, best[label]["lr"])
 
-    before = evaluate(base, task, n=settings.test_size)
-    entry: dict[str, Any] = {
-        "distance": TASKS.distance(task), "before": {"test_loss": before["loss"], "test_em": before["exact_match"]},
-        "runs": _finals([results[e] for e in mine]),
-        "best": {label: {**b, "runs": [_with_curves(results[e]) for e in members(label, b["lr"])]}
-                 for label, b in best.items()},
-        "spectra": {label: _spectra(stack, final, members(label, best[label]["lr"]))
-                    for label in SPECTRA_LABELS if label in best},
-    }
+    if "distance" not in entry:
+        before = evaluate(base, task, n=settings.test_size)
+        entry.update(distance=TASKS.distance(task),
+                     before={"test_loss": before["loss"], "test_em": before["exact_match"]})
+    entry["runs"] = _table([results[e] for e in mine], entry.get("runs", {}).get("rows"))
+    entry.setdefault("best", {}).update(
+        {label: {**b, "runs": [_with_curves(results[e]) for e in members(label)]} for label, b in best.items()})
+    entry.setdefault("spectra", {}).update(
+        {label: _spectra(stack, final, members(label)) for label in SPECTRA_LABELS if label in best})
     seq = make_batch(task, settings.truncation_size, EVAL_SEED).to(stack.device)
-    entry["truncation"] = {label: _truncation(stack, final, members(label, best[label]["lr"]),
-                                              settings.truncation_ks, seq)
-                           for label in TRUNCATED_LABELS if label in best}
+    entry.setdefault("truncation", {}).update(
+        {label: _truncation(stack, final, members(label), settings.truncation_ks, seq)
+         for label in TRUNCATED_LABELS if label in best})
     if "LoRA r=8" in best and "LoRA r=64" in best:
         full_delta = {}
         if "full" in best:
             full_delta = {n: [(final[n + ".weight"][e] - stack.const["base"][n + ".weight"][e]).cpu()
-                              for e in members("full", best["full"]["lr"])] for n in stack.slots}
-        entry["phi"] = _phi_analysis(stack, members("LoRA r=8", best["LoRA r=8"]["lr"]),
-                                     members("LoRA r=64", best["LoRA r=64"]["lr"]), full_delta, directions)
-    cont = [e for e, res in enumerate(results) if res["task"] == CONTINUED]
-    continued = None
-    if cont:
-        continued = {"runs": _finals([results[e] for e in cont]),
-                     "spectra": {str(lr): _spectra(stack, final, members("continued pretraining", lr))
-                                 for lr in sorted({results[e]["lr"] for e in cont})}}
-    return entry, continued
+                              for e in members("full")] for n in stack.slots}
+        entry["phi"] = _phi_analysis(stack, members("LoRA r=8"), members("LoRA r=64"), full_delta, directions)
+    if "LoRA r=8" in best:
+        lora = members("LoRA r=8")
+        for ref in TRUNCATED_LABELS:
+            if ref in best and [results[e]["seed"] for e in members(ref)] == [results[e]["seed"] for e in lora]:
+                entry.setdefault("lora_vs_full", {})[ref] = _lora_vs_full(stack, final, lora, members(ref))
+    return entry
+
+
+def _scratch_entry(task: str, results: list[dict[str, Any]], stack: _Stack, settings: GridSettings, steps: int,
+                   lrs: Sequence[float]) -> dict[str, Any]:
+    """Training ``task`` from scratch: every run, the best rate (on validation loss) with its runs and the
+    spectra of their updates (from each run's own random start)."""
+    mine = [e for e, res in enumerate(results) if res["task"] == task and res["method"] == "scratch"]
+    best = _best_lrs([results[e] for e in mine], {"from scratch": lrs})["from scratch"]
+    chosen = _members(results, task, "from scratch", best["lr"])
+    return {"steps": steps, **best, "runs": _table([results[e] for e in mine]),
+            "best_runs": [_with_curves(results[e]) for e in chosen],
+            "spectra": _spectra(stack, stack.final(), chosen)}
+
+
+def _predict_s(done: Sequence[Mapping[str, Any]], runs: int, steps: int, margin: float = 1.15) -> float:
+    """Seconds a group of ``runs`` runs x ``steps`` steps will take, from the groups already trained.
+
+    Training time per step is taken as a straight line in the number of runs (a fixed cost per step, which
+    launching the kernels sets, plus a cost per run), fitted once the groups done have two sizes, else
+    proportional to the runs; times ``margin``, plus the longest analysis so far. 0 before any group is done:
+    the first group always starts.
+    """
+    if not done:
+        return 0.0
+    x = np.array([g["runs"] for g in done], dtype=float)
+    y = np.array([g["train_s"] / g["steps"] for g in done])
+    slope, fixed = float(np.max(y / x)), 0.0
+    if len(set(x.tolist())) > 1:
+        s, f = np.polyfit(x, y, 1)
+        if s > 0 and f >= 0:
+            slope, fixed = float(s), float(f)
+    return margin * steps * (fixed + slope * runs) + max(g["analysis_s"] for g in done)
 
 
 def run_grid(out: str | Path, settings: GridSettings | None = None, *, device: str | None = None,
@@ -1475,13 +1706,19 @@ def run_grid(out: str | Path, settings: GridSettings | None = None, *, device: s
     """Run the whole grid and write it to ``out`` as JSON (rewritten after every group, so a cut run keeps
     what it finished).
 
-    For every task of ``settings.tasks``: every config of ``settings.configs`` at each learning rate of its
-    method and each seed, trained at once (:func:`train_runs`); the first task's group also holds continued
-    pretraining. Then, per task: each config's best learning rate (lowest mean log validation loss over seeds;
-    ``edge`` says whether it sits at the end of the swept range), the spectra of ΔW, the truncation test
-    (keep / reset) and φ with its nulls, at the best rates. After ``settings.scratch_after`` tasks, one group
-    trains every task *from scratch* (a null for the spectra). A group that would start after ``budget_s``
-    seconds is skipped and listed; a group that fails is recorded in ``errors`` and the grid goes on.
+    The groups (:meth:`GridSettings.groups`), most important first: for every task its **main** tier (full
+    fine-tuning, with and without its embeddings, and LoRA on W_q, W_v at every rank with α/r and α/√r),
+    then every task's **baselines**, then the **nulls** (continued pretraining at full fine-tuning's rates and
+    every task trained from scratch, for the same number of steps), then training from scratch for longer.
+    Each group trains its runs at once (:func:`train_runs`: every setting at each of its rates and seeds).
+    Per task: each label's best rate (lowest mean log validation loss over seeds; ``edge`` says whether it sits
+    at an end of the swept range), the spectra of ΔW, the truncation test, φ with its nulls and LoRA's
+    update next to full fine-tuning's, at the best rates.
+
+    ``budget_s``: seconds from the start of this call. A group starts only if it is predicted to end within
+    them (:func:`_predict_s`, from the groups done; the first always starts); a skipped group is listed in
+    ``skipped``, and a later, smaller one may still run. A group that fails is recorded in ``errors`` and the
+    grid goes on. ``groups`` records each group's runs, steps and seconds (training, analysis, predicted).
     """
     import traceback
 
@@ -1497,11 +1734,12 @@ def run_grid(out: str | Path, settings: GridSettings | None = None, *, device: s
         "what": "chapter 06's fine-tuning grid: tasks x methods x learning rates x seeds, trained at once",
         "gpu": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None, "device": str(dev),
         "machine_start": _machine(dev), "versions": _versions(), "date": time.strftime("%Y-%m-%d"),
-        "settings": settings.to_dict(), "model": base.cfg.to_dict(),
+        "settings": settings.to_dict(), "model": base.cfg.to_dict(), "budget_s": budget_s,
         "scores": {"loss": "held-out cross-entropy per answer token", "em": "exact match, % of held-out examples",
                    "steps_to_99": "first evaluation step with validation exact match >= 99 %"},
-        "lr_choice": "per task and config: the swept rate with the lowest mean log validation loss over seeds",
-        "tasks": {}, "continued_pretraining": None, "scratch": {}, "skipped": [], "errors": [], "finished": False,
+        "lr_choice": "per task and setting: the swept rate with the lowest mean log validation loss over seeds",
+        "tasks": {}, "continued_pretraining": None, "scratch": {}, "scratch_long": {}, "groups": [],
+        "skipped": [], "errors": [], "finished": False,
     }
 
     def save() -> None:
@@ -1513,81 +1751,130 @@ def run_grid(out: str | Path, settings: GridSettings | None = None, *, device: s
     def log(msg: str) -> None:
         print(f"[{time.perf_counter() - t0:6.1f} s] {msg}", flush=True)
 
-    log(f"device {dev} ({record['gpu'] or 'no GPU'}); writing {out}")
+    log(f"device {dev} ({record['gpu'] or 'no GPU'}); writing {out}; budget {budget_s:.0f} s")
     save()
     directions = input_directions(base)
     sizes = dict(batch_size=settings.batch_size, eval_every=settings.eval_every, val_size=settings.val_size,
                  test_size=settings.test_size, pretrain_eval_size=settings.pretrain_eval_size, device=dev,
                  progress=progress)
-    order = list(settings.tasks)
-    order.insert(min(settings.scratch_after, len(order)), "from scratch")
-    per_step_s = None
-    for i, group in enumerate(order):
-        steps = settings.scratch_steps if group == "from scratch" else settings.steps
-        if per_step_s is not None and time.perf_counter() - t0 + per_step_s * steps > budget_s:
-            record["skipped"].append(group)
-            log(f"{group}: skipped (the time budget of {budget_s:.0f} s would run out)")
+    for name, kind, task in settings.groups():
+        if kind in TIERS:
+            runs, steps = grid_runs(task, settings, tier=kind), settings.steps
+        else:
+            runs = null_runs(settings, long=kind == LONG_SCRATCH)
+            steps = settings.long_scratch_steps if kind == LONG_SCRATCH else settings.steps
+        predicted = _predict_s(record["groups"], len(runs), steps)
+        if record["groups"] and time.perf_counter() - t0 + predicted > budget_s:
+            record["skipped"].append(name)
+            log(f"{name}: skipped ({len(runs)} runs of {steps} steps, predicted {predicted:.0f} s: the time "
+                f"budget of {budget_s:.0f} s would run out)")
             continue
         ts = time.perf_counter()
+        stack = None
         try:
-            if group == "from scratch":
-                runs = [Run(t, "scratch", lr, s) for t in settings.tasks for lr in dict(settings.lrs)["scratch"]
-                        for s in settings.seeds]
-                results, stack = train_runs(runs, base, steps=steps, desc=f"from scratch ({len(runs)} runs)", **sizes)
-                per_step_s = (time.perf_counter() - ts) / steps
-                final = stack.effective()
+            results, stack = train_runs(runs, base, steps=steps, desc=f"{name} ({len(runs)} runs)", **sizes)
+            trained = time.perf_counter() - ts
+            if kind in TIERS:
+                entry = _task_entry(task, results, stack, base, settings, directions, record["tasks"].get(task))
+                entry.setdefault("wall_time_s", {"training": 0.0, "total": 0.0})
+                entry["wall_time_s"][kind] = {"training": round(trained, 1),
+                                              "total": round(time.perf_counter() - ts, 1)}
+                for key in ("training", "total"):
+                    entry["wall_time_s"][key] = round(sum(v[key] for k, v in entry["wall_time_s"].items()
+                                                          if k in TIERS), 1)
+                record["tasks"][task] = entry
+            elif kind == NULLS:
+                lrs = settings.label_lrs()
+                cont = [e for e, res in enumerate(results) if res["task"] == CONTINUED]
+                if cont:
+                    final = stack.final()
+                    by_label: dict[str, dict[str, Any]] = {}
+                    for label, lr in sorted({(results[e]["label"], results[e]["lr"]) for e in cont}):
+                        by_label.setdefault(label, {})[str(lr)] = _spectra(
+                            stack, final, _members(results, CONTINUED, label, lr))
+                    record["continued_pretraining"] = {
+                        "steps": steps, "runs": _table([results[e] for e in cont]),
+                        "spectra": by_label.pop("continued pretraining", {}), "lora": by_label}
                 for t in settings.tasks:
-                    mine = [e for e, res in enumerate(results) if res["task"] == t]
-                    record["scratch"][t] = {"steps": steps, "runs": _finals([results[e] for e in mine]),
-                                            "spectra": _spectra(stack, final, mine)}
+                    record["scratch"][t] = _scratch_entry(t, results, stack, settings, steps, lrs["from scratch"])
             else:
-                runs = grid_runs(group, settings, continued=(i == 0))
-                results, stack = train_runs(runs, base, steps=steps, desc=f"{group} ({len(runs)} runs)", **sizes)
-                per_step_s = (time.perf_counter() - ts) / steps
-                entry, continued = _task_entry(group, results, stack, base, settings, directions)
-                entry["wall_time_s"] = {"training": round(per_step_s * steps, 1),
-                                        "total": round(time.perf_counter() - ts, 1)}
-                record["tasks"][group] = entry
-                if continued is not None:
-                    record["continued_pretraining"] = continued
-            log(f"{group}: {len(runs)} runs of {steps} steps, {time.perf_counter() - ts:.1f} s "
-                f"({1000 * per_step_s:.1f} ms per step)")
+                for t in settings.tasks:
+                    record["scratch_long"][t] = _scratch_entry(t, results, stack, settings, steps,
+                                                               settings.long_scratch_lrs)
+            total = time.perf_counter() - ts
+            record["groups"].append({"group": name, "runs": len(runs), "steps": steps, "train_s": round(trained, 2),
+                                     "analysis_s": round(total - trained, 2),
+                                     "predicted_s": round(predicted, 1) if predicted else None})
+            log(f"{name}: {len(runs)} runs of {steps} steps, {total:.1f} s (training {trained:.1f} s, "
+                f"{1000 * trained / steps:.1f} ms per step"
+                + (f"; predicted {predicted:.1f} s)" if predicted else ")"))
         except Exception as exc:  # noqa: BLE001 — record the failure and go on with the next group
-            record["errors"].append({"group": group, "error": repr(exc), "traceback": traceback.format_exc(limit=8)})
-            log(f"{group}: FAILED {exc!r}")
-        stack = final = None
+            record["errors"].append({"group": name, "error": repr(exc), "traceback": traceback.format_exc(limit=8)})
+            log(f"{name}: FAILED {exc!r}")
+        stack = None
         if dev.type == "cuda":
             torch.cuda.empty_cache()
         save()
     record["machine_end"] = _machine(dev)
     record["finished"] = True
     save()
-    log(f"done -> {out}")
+    log(f"done -> {out}" + (f"; skipped {', '.join(record['skipped'])}" if record["skipped"] else ""))
     return record
 
 
 # --------------------------------------------------------------------------- reading a recorded grid
 
 
-def summarize_runs(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+def summarize_runs(runs: Sequence[Mapping[str, Any]], threshold: float = 99.0) -> dict[str, Any]:
     """Seeds of one setting, summarised: mean and 95 % t-interval half-width of log10 test loss and of test
-    exact match (%), the geometric-mean test loss, and how many seeds reached 99 % (with the median step)."""
+    exact match (%), the geometric-mean test loss, how many seeds reached 99 % validation exact match (with
+    the median step), how many ended with a test exact match of at least ``threshold`` (``succeeded``), how
+    many diverged (a non-finite loss, counted as :data:`LOSS_CAP`), and the per-seed values (``seeds``,
+    ``em_seeds``, ``log10_loss_seeds``) for paired comparisons."""
     if not runs:
         raise ValueError("runs is empty: there is nothing to summarise.")
-    logs = [math.log10(max(r["test_loss"], 1e-12)) for r in runs]
+    runs = sorted(runs, key=lambda r: r.get("seed", 0))
+    logs = [math.log10(_capped(r["test_loss"])) for r in runs]
     steps = [r["steps_to_99"] for r in runs if r.get("steps_to_99") is not None]
     m, ci = t_interval(logs)
     em, em_ci = t_interval([r["test_em"] for r in runs])
     return {"n": len(runs), "log10_loss": m, "log10_loss_ci": ci, "loss": 10 ** m, "em": em, "em_ci": em_ci,
             "reached_99": len(steps), "median_steps_to_99": float(np.median(steps)) if steps else None,
+            "succeeded": sum(r["test_em"] >= threshold for r in runs),
+            "diverged": sum(not math.isfinite(r["test_loss"]) for r in runs),
             "pretrain_em": float(np.mean([r["pretrain_em"] for r in runs])),
-            "trainable_params": runs[0].get("trainable_params")}
+            "trainable_params": runs[0].get("trainable_params"),
+            "seeds": [r.get("seed") for r in runs], "em_seeds": [r["test_em"] for r in runs],
+            "log10_loss_seeds": logs}
 
 
 def smallest_reaching(values: Mapping[int, float], threshold: float) -> int | None:
     """The smallest key whose value is at least ``threshold`` (None when none is)."""
     good = [k for k, v in values.items() if v >= threshold]
     return min(good) if good else None
+
+
+def paired_difference(a: Mapping[str, Any], b: Mapping[str, Any], metric: str = "log10_loss") -> dict[str, Any]:
+    """``a − b`` seed by seed, for two settings summarised by :func:`summarize_runs` (or :func:`grid_summary`'s
+    ``methods``). A seed is a data stream both settings saw, so the per-seed differences are paired: their
+    mean and 95 % t-interval (:func:`t_interval`) are narrower than two separate intervals whenever the seeds
+    move both settings alike. ``metric``: ``"log10_loss"`` or ``"em"``.
+
+    Returns ``{"mean", "ci", "n", "seeds", "diffs", "positive", "negative"}`` (``positive``: seeds with
+    ``a > b``).
+    """
+    key = f"{metric}_seeds"
+    for name, m in (("a", a), ("b", b)):
+        if not isinstance(m, Mapping) or "seeds" not in m or key not in m:
+            raise ValueError(f"{name} must be a summary with 'seeds' and {key!r} (from summarize_runs).")
+    pa, pb = dict(zip(a["seeds"], a[key])), dict(zip(b["seeds"], b[key]))
+    common = sorted(set(pa) & set(pb))
+    if len(common) < 2:
+        raise ValueError(f"a and b share {len(common)} seed(s); a paired interval needs at least 2.")
+    diffs = [float(pa[s] - pb[s]) for s in common]
+    mean, ci = t_interval(diffs)
+    return {"mean": mean, "ci": ci, "n": len(common), "seeds": common, "diffs": diffs,
+            "positive": sum(d > 0 for d in diffs), "negative": sum(d < 0 for d in diffs)}
 
 
 def _rsl_rule(label: str) -> tuple[str, int] | None:
@@ -1598,30 +1885,69 @@ def _rsl_rule(label: str) -> tuple[str, int] | None:
     return None
 
 
-def grid_summary(record: Mapping[str, Any], threshold: float = 99.0, rs_ranks: Sequence[int] = (4, 8, 16, 64)
+def _is_qv(name: str) -> bool:
+    return name.endswith(("q_proj", "v_proj"))
+
+
+def _mean_k90(spec: Mapping[str, Any], only: Callable[[str], bool] | None = None) -> list[float] | None:
+    """Directions for 90 % of the energy, averaged over the matrices of ``spec`` (those ``only`` keeps), per seed."""
+    rows = [v for name, v in spec.get("k90", {}).items() if only is None or only(name)]
+    return np.array(rows, dtype=float).mean(axis=0).tolist() if rows else None
+
+
+def _ci(values: Sequence[float]) -> tuple[float, float]:
+    return t_interval(values) if len(values) else (float("nan"), float("nan"))
+
+
+def grid_summary(record: Mapping[str, Any], threshold: float = 99.0, rs_ranks: Sequence[int] | None = None
                  ) -> dict[str, Any]:
     """What chapter 06 reads from a recorded grid (:func:`run_grid`'s JSON), per task:
 
-    - ``methods``: every config at its best learning rate (:func:`summarize_runs`, plus ``lr`` and ``edge``);
-    - ``rank_needed``: the smallest r of LoRA on W_q, W_v (α/r) whose mean test exact match reaches
-      ``threshold``; ``truncation_needed``: the smallest k whose truncated full update reaches it, with the
-      rest of the model fine-tuned (``keep``) or reset to pretrained (``reset``);
-    - ``truncation``: mean exact match per k and variant; ``lora64_k90``: directions holding 90 % of the energy
-      of the r = 64 adapter's ΔW (mean over seeds, per matrix);
-    - ``k90``: the same for full fine-tuning, continued pretraining (at full fine-tuning's best rate) and
-      training from scratch, averaged over matrices, per seed;
-    - ``phi``: φ(1, 1) per adapted matrix for r8-vs-r64, at initialisation, seed to seed, and φ of the r = 8
-      adapter's top direction with the new instruction's direction;
-    - ``scaling``: for α/r and α/√r, one learning rate per rule (the best mean over ``rs_ranks``) and the
-      validation loss at each rank with it, and each rank's own best rate.
+    - ``methods``: every setting at its best learning rate (:func:`summarize_runs`, with per-seed values, plus
+      ``lr``, the rates swept ``lrs``, ``edge``, ``edge_side`` and ``lr_spread``); ``edges``: the settings
+      whose best rate is at an end of the sweep;
+    - ``rank_needed`` / ``rank_needed_rs``: the smallest r of LoRA on W_q, W_v with α/r / α/√r whose mean test
+      exact match reaches ``threshold``; ``rank_em``/``rank_em_rs`` the means per r; ``rank_succeeded``: per
+      rule and r, how many seeds reached it (of ``n``); ``rank_needed_all_seeds``: per rule, the smallest r
+      at which every seed did;
+    - ``truncation``: mean exact match per k and variant (``keep``, ``reset``, ``reset_embeddings``,
+      ``reset_ln_bias`` where recorded); ``truncation_needed``: the smallest k reaching ``threshold``;
+    - ``k90``: directions holding 90 % of ΔW's energy, per seed, averaged over the matrices each update
+      touched (13 for full fine-tuning and the nulls, the 4 adapted ones for LoRA on W_q, W_v); ``k90_qv``:
+      the same over W_q and W_v only, for every row (the same matrices for all); nulls: continued
+      pretraining at full fine-tuning's best rate and, as LoRA's own null, LoRA r = 8 / 64 trained on the
+      pretraining mixture at that adapter's best rate (``"continued pretraining, LoRA r=64"``), training from
+      scratch (and for longer, where recorded);
+      ``lora64_k90``: per matrix, for the r = 64 adapter;
+    - ``nulls``: the from-scratch runs at their best rate (steps, rate, edge, scores), where recorded;
+    - ``phi``: mean φ(1, 1) per adapted matrix for r8-vs-r64, at initialisation, seed to seed, and of the
+      r = 8 adapter's top direction with the new instruction's direction; ``phi_ci``: (mean, 95 % half-width);
+    - ``lora_vs_full``: per reference (full, full with frozen embeddings) and matrix, the cosine, the cosine
+      with the best rank-8 part and the norm ratio of LoRA r = 8's update to the full one: (mean, half-width);
+    - ``scaling``: for α/r and α/√r over ``rs_ranks`` (default: the ranks both rules have), one learning rate
+      per rule (the best mean over the ranks) and the validation loss at each rank with it, each rank's own
+      best rate, and the log10 test loss (mean, half-width) with the rule's one rate (``log10_test``) and
+      with each rank's own (``log10_test_own``); ``rs_minus_r``: the paired difference α/√r − α/r of log10
+      test loss at each rank, each at its own best rate.
     """
     out: dict[str, Any] = {}
     cont = record.get("continued_pretraining") or {}
     for task, entry in record["tasks"].items():
-        methods = {label: {**summarize_runs(b["runs"]), "lr": b["lr"], "edge": b["edge"]}
-                   for label, b in entry["best"].items()}
-        ranks = {int(l[len("LoRA r="):]): m["em"] for l, m in methods.items()
-                 if l.startswith("LoRA r=") and l[len("LoRA r="):].isdigit()}
+        methods = {}
+        for label, b in entry["best"].items():
+            means = {float(lr): v for lr, v in b["mean_log_val_loss"].items()}
+            lrs = sorted(means)
+            side = b.get("edge_side")
+            if "edge_side" not in b and b["edge"]:
+                side = "low" if b["lr"] == lrs[0] else "high"
+            methods[label] = {**summarize_runs(b["runs"], threshold), "lr": b["lr"], "lrs": lrs, "edge": b["edge"],
+                              "edge_side": side, "lr_spread": max(means.values()) - min(means.values())}
+        by_rule: dict[str, dict[int, dict[str, Any]]] = {"alpha/r": {}, "alpha/sqrt(r)": {}}
+        for label, m in methods.items():
+            rule = _rsl_rule(label)
+            if rule:
+                by_rule[rule[0]][rule[1]] = m
+        rank_em = {rule: {r: by[r]["em"] for r in sorted(by)} for rule, by in by_rule.items()}
         trunc: dict[str, dict[str, dict[int, float]]] = {}
         needed_k: dict[str, dict[str, int | None]] = {}
         for label, variants in entry.get("truncation", {}).items():
@@ -1629,46 +1955,79 @@ def grid_summary(record: Mapping[str, Any], threshold: float = 99.0, rs_ranks: S
                             for v, ks in variants.items()}
             needed_k[label] = {v: smallest_reaching(per_k, threshold) for v, per_k in trunc[label].items()}
         spectra = entry.get("spectra", {})
-
-        def mean_k90(spec: Mapping[str, Any]) -> list[float]:
-            per_matrix = np.array(list(spec["k90"].values()), dtype=float)        # (matrices, seeds)
-            return per_matrix.mean(axis=0).tolist()
-
-        k90 = {label: mean_k90(s) for label, s in spectra.items() if s.get("k90")}
+        nulls: dict[str, Mapping[str, Any]] = {}
         full_lr = entry["best"].get("full", {}).get("lr")
         if cont and full_lr is not None and str(full_lr) in cont.get("spectra", {}):
-            k90["continued pretraining"] = mean_k90(cont["spectra"][str(full_lr)])
-        scratch = record.get("scratch", {}).get(task)
-        if scratch and scratch["spectra"].get("k90"):
-            k90["from scratch"] = mean_k90(scratch["spectra"])
-        phi = {}
-        for slot, p in entry.get("phi", {}).items():
-            kinds = ("r8_vs_r64", "init_r8_vs_r64", "r8_seed_to_seed", "r64_seed_to_seed")
-            phi[slot] = {kind: float(np.mean([d[0] for d in p[kind]["diag"]])) for kind in kinds if kind in p}
-            phi[slot]["new_token_r8"] = float(np.mean([v[0] for v in p["new_token"]["r8"]]))
-            phi[slot]["new_token_r8_init"] = float(np.mean([v[0] for v in p["new_token"]["r8_init"]]))
-            if "full" in p["new_token"]:
-                phi[slot]["new_token_full"] = float(np.mean([v[0] for v in p["new_token"]["full"]]))
-        scaling: dict[str, Any] = {}
-        per_rule: dict[str, dict[int, dict[float, float]]] = {}
-        for label, b in entry["best"].items():
-            rule = _rsl_rule(label)
-            if rule and rule[1] in rs_ranks:
-                per_rule.setdefault(rule[0], {})[rule[1]] = {float(lr): v for lr, v in b["mean_log_val_loss"].items()}
-        for rule, by_rank in per_rule.items():
-            if sorted(by_rank) != sorted(rs_ranks):
+            nulls["continued pretraining"] = cont["spectra"][str(full_lr)]
+        for label, per_lr in (cont.get("lora") or {}).items():           # LoRA's own null, at LoRA's best rate
+            adapter = label.removeprefix("continued pretraining, ")
+            if adapter in entry["best"] and str(entry["best"][adapter]["lr"]) in per_lr:
+                nulls[label] = per_lr[str(entry["best"][adapter]["lr"])]
+        null_runs_: dict[str, Any] = {}
+        for key, name in (("scratch", "from scratch"), ("scratch_long", "from scratch, longer")):
+            scratch = (record.get(key) or {}).get(task)
+            if not scratch:
                 continue
-            lrs = sorted(set.intersection(*(set(v) for v in by_rank.values())))
-            one = min(lrs, key=lambda lr: np.mean([by_rank[r][lr] for r in rs_ranks]))
-            scaling[rule] = {"lr": one, "val_loss": {r: math.exp(by_rank[r][one]) for r in rs_ranks},
-                             "best_lr": {r: min(by_rank[r], key=by_rank[r].get) for r in rs_ranks},
-                             "best_val_loss": {r: math.exp(min(by_rank[r].values())) for r in rs_ranks}}
+            if key == "scratch_long":
+                name = f"from scratch, {scratch['steps']} steps"
+            nulls[name] = scratch["spectra"]
+            if "best_runs" in scratch:
+                null_runs_[name] = {**summarize_runs(scratch["best_runs"], threshold), "steps": scratch["steps"],
+                                    "lr": scratch["lr"], "edge": scratch["edge"], "edge_side": scratch.get("edge_side")}
+        k90, k90_qv = {}, {}
+        for label, spec in {**spectra, **nulls}.items():
+            if spec.get("k90"):
+                k90[label] = _mean_k90(spec)
+                qv = _mean_k90(spec, _is_qv)
+                if qv is not None:
+                    k90_qv[label] = qv
+        phi, phi_ci = {}, {}
+        for slot, p in entry.get("phi", {}).items():
+            values = {kind: [d[0] for d in p[kind]["diag"]] for kind in
+                      ("r8_vs_r64", "init_r8_vs_r64", "r8_seed_to_seed", "r64_seed_to_seed") if kind in p}
+            values["new_token_r8"] = [v[0] for v in p["new_token"]["r8"]]
+            values["new_token_r8_init"] = [v[0] for v in p["new_token"]["r8_init"]]
+            if "full" in p["new_token"]:
+                values["new_token_full"] = [v[0] for v in p["new_token"]["full"]]
+            phi[slot] = {kind: float(np.mean(v)) for kind, v in values.items()}
+            phi_ci[slot] = {kind: _ci(v) for kind, v in values.items()}
+        lora_vs_full = {ref: {slot: {metric: _ci(v) for metric, v in per.items()} for slot, per in slots.items()}
+                        for ref, slots in entry.get("lora_vs_full", {}).items()}
+        table = run_table(entry.get("runs", []))
+        ranks = (sorted(set(by_rule["alpha/r"]) & set(by_rule["alpha/sqrt(r)"])) if rs_ranks is None
+                 else sorted(rs_ranks))
+        scaling: dict[str, Any] = {}
+        for rule, prefix in (("alpha/r", "LoRA r="), ("alpha/sqrt(r)", "rsLoRA r=")):
+            if not ranks or any(r not in by_rule[rule] for r in ranks):
+                continue
+            val = {r: {float(lr): v for lr, v in entry["best"][f"{prefix}{r}"]["mean_log_val_loss"].items()}
+                   for r in ranks}
+            lrs = sorted(set.intersection(*(set(v) for v in val.values())))
+            one = min(lrs, key=lambda lr: np.mean([val[r][lr] for r in ranks]))
+            at_one = {r: [math.log10(_capped(x["test_loss"])) for x in table
+                          if x["label"] == f"{prefix}{r}" and x["lr"] == one] for r in ranks}
+            scaling[rule] = {"lr": one, "val_loss": {r: math.exp(val[r][one]) for r in ranks},
+                             "best_lr": {r: min(val[r], key=val[r].get) for r in ranks},
+                             "best_val_loss": {r: math.exp(min(val[r].values())) for r in ranks},
+                             "log10_test": {r: _ci(at_one[r]) for r in ranks},
+                             "log10_test_own": {r: (by_rule[rule][r]["log10_loss"], by_rule[rule][r]["log10_loss_ci"])
+                                                for r in ranks}}
+        if len(scaling) == 2:
+            scaling["rs_minus_r"] = {r: paired_difference(by_rule["alpha/sqrt(r)"][r], by_rule["alpha/r"][r])
+                                     for r in ranks if len(by_rule["alpha/r"][r]["seeds"]) > 1}
         lora64 = spectra.get("LoRA r=64", {}).get("k90", {})
         out[task] = {
             "distance": entry["distance"], "before": entry["before"], "methods": methods,
-            "rank_needed": smallest_reaching(ranks, threshold), "rank_em": dict(sorted(ranks.items())),
-            "truncation": trunc, "truncation_needed": needed_k, "k90": k90,
-            "lora64_k90": {n: float(np.mean(v)) for n, v in lora64.items()}, "phi": phi, "scaling": scaling,
+            "edges": [label for label, m in methods.items() if m["edge"]],
+            "rank_needed": smallest_reaching(rank_em["alpha/r"], threshold),
+            "rank_needed_rs": smallest_reaching(rank_em["alpha/sqrt(r)"], threshold),
+            "rank_em": rank_em["alpha/r"], "rank_em_rs": rank_em["alpha/sqrt(r)"],
+            "rank_succeeded": {rule: {r: by[r]["succeeded"] for r in sorted(by)} for rule, by in by_rule.items()},
+            "rank_needed_all_seeds": {rule: min((r for r in by if by[r]["succeeded"] == by[r]["n"]), default=None)
+                                      for rule, by in by_rule.items()},
+            "truncation": trunc, "truncation_needed": needed_k, "k90": k90, "k90_qv": k90_qv, "nulls": null_runs_,
+            "lora64_k90": {n: float(np.mean(v)) for n, v in lora64.items()}, "phi": phi, "phi_ci": phi_ci,
+            "lora_vs_full": lora_vs_full, "scaling": scaling,
         }
     return out
 
@@ -1691,7 +2050,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                    help=f"comma-separated tasks (default: all of {','.join(DOWNSTREAM_TASKS)})")
     g.add_argument("--seeds", type=int, default=None, help="how many seeds (default 5)")
     g.add_argument("--steps", type=int, default=None, help="fine-tuning steps per run (default 200)")
-    g.add_argument("--budget-s", type=float, default=1e9, help="start no task's group after this many seconds")
+    g.add_argument("--batch-size", type=int, default=None, help="examples per step (default 64)")
+    g.add_argument("--eval-every", type=int, default=None, help="steps between validations (default 10)")
+    g.add_argument("--eval-size", type=int, default=None,
+                   help="held-out examples for validation, test, forgetting and truncation alike (a dry run)")
+    g.add_argument("--budget-s", type=float, default=1e9,
+                   help="seconds: start no group that is predicted to end later (the first always starts)")
     g.add_argument("--device", default=None)
     g.add_argument("--no-progress", action="store_true")
     args = parser.parse_args(argv)
@@ -1715,8 +2079,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 parser.error(f"--tasks: {t!r} is not a downstream task ({', '.join(DOWNSTREAM_TASKS)})")
     if args.seeds is not None:
         changes["seeds"] = tuple(range(_check_positive_int(args.seeds, "--seeds")))
-    if args.steps is not None:
-        changes["steps"] = _check_positive_int(args.steps, "--steps")
+    for option, key in (("steps", "steps"), ("batch_size", "batch_size"), ("eval_every", "eval_every")):
+        if getattr(args, option) is not None:
+            changes[key] = _check_positive_int(getattr(args, option), f"--{option.replace('_', '-')}")
+    if args.eval_size is not None:
+        n = _check_positive_int(args.eval_size, "--eval-size")
+        changes.update(val_size=n, test_size=n, pretrain_eval_size=n, truncation_size=n)
     if changes:
         import dataclasses
 

@@ -9,8 +9,9 @@ import torch
 
 from lora_edu.checks import Feedback
 from lora_edu.checks.finetuning import (
-    check_adapter_data_bytes, check_downstream_answer, check_energy_fraction, check_lora_update, check_phi,
-    check_scaling, check_smallest_rank, check_t_interval, check_trainable_params, expected_lora_params,
+    check_adapter_data_bytes, check_downstream_answer, check_edge_rates, check_energy_fraction, check_lora_update,
+    check_paired_interval, check_phi, check_scaling, check_smallest_rank, check_t_interval, check_trainable_params,
+    expected_lora_params,
 )
 from lora_edu.experiments import tiny_config, wide_config
 
@@ -36,6 +37,8 @@ def test_downstream_answer_right(capsys):
     (lambda x: [(v + 2) % 16 for v in reversed(x)], "`reverse\\+2`"),
     (lambda x: list(x), "`copy`"),
     (lambda x: [0] * 8, "the answer is"),
+    (lambda x: [(v + 1) % 16 + 0.4 for v in reversed(x)], "whole symbols"),        # passed before (astype(int))
+    (lambda x: [float("nan")] * 8, "whole symbols"),
     (lambda x: [1, 2], "8 symbols"),
     (lambda x: 1 / 0, "ZeroDivisionError"),
     (None, "no answer yet"),
@@ -158,6 +161,70 @@ def test_t_interval_check_agrees_with_experiments_t_interval():
     check_t_interval(lambda v: t_interval(v))
 
 
+# --------------------------------------------------------------------------- paired intervals and edge rates
+
+
+def _paired(a, b):
+    d = np.asarray(a) - np.asarray(b)
+    return d.mean(), {2: 12.706, 3: 4.303, 5: 2.776}[d.size] * d.std(ddof=1) / math.sqrt(d.size)
+
+
+def test_paired_interval_right(capsys):
+    from lora_edu.experiments import paired_difference
+
+    check_paired_interval(_paired)
+    assert "✅ Correct" in capsys.readouterr().out
+    # lora_edu's own paired_difference gives the same numbers
+    a, b = [-2.1, -3.0, -1.2, -2.6, -1.9], [-2.3, -3.3, -1.3, -2.9, -2.0]
+    ours = paired_difference({"seeds": list(range(5)), "log10_loss_seeds": a},
+                             {"seeds": list(range(5)), "log10_loss_seeds": b})
+    assert (ours["mean"], ours["ci"]) == pytest.approx(_paired(a, b), rel=1e-4)
+
+
+def _t(n):
+    return {3: 4.303, 5: 2.776}[n]
+
+
+@pytest.mark.parametrize("fn, match", [
+    (lambda a, b: (np.mean(a) - np.mean(b), _t(len(a)) * math.sqrt(np.var(a, ddof=1) / len(a) + np.var(b, ddof=1)
+                                                                     / len(b))), "independent samples"),
+    (lambda a, b: (np.mean(a) - np.mean(b), _t(len(a)) * (np.std(a, ddof=1) + np.std(b, ddof=1)) / math.sqrt(len(a))),
+     "adds the two separate half-widths"),
+    (lambda a, b: (-_paired(a, b)[0], _paired(a, b)[1]), "b − a"),
+    (lambda a, b: (_paired(a, b)[0], _t(len(a)) * np.std(np.subtract(a, b)) / math.sqrt(len(a))), "ddof=0"),
+    (lambda a, b: (_paired(a, b)[0], 1.96 * np.std(np.subtract(a, b), ddof=1) / math.sqrt(len(a))), "1.96"),
+    (lambda a, b: (_paired(a, b)[0], _t(len(a)) * np.std(np.subtract(a, b), ddof=1)), "divide by sqrt"),
+    (lambda a, b: (_paired(a, b)[0], 0.5), "the half-width is"),
+    (lambda a, b: (0.0, 0.5), "the mean difference is"),
+    (lambda a, b: 0.5, "two numbers"),
+    (None, "no answer yet"),
+])
+def test_paired_interval_slips(fn, match):
+    with pytest.raises(Feedback, match=match):
+        check_paired_interval(fn)
+
+
+SWEEPS = {"full": {1e-3: 0.9, 1e-2: 0.2, 1e-1: 0.1},          # best at the largest rate
+          "head": {0.03: 0.5, 0.1: 0.3, 0.3: 0.4},            # bracketed
+          "LoRA r=8": {3e-3: 0.3, 1e-2: 0.4, 3e-2: 0.9},      # best at the smallest rate
+          "LoRA r=1": {3e-3: 0.4, 1e-2: 0.2, 3e-2: 0.9}}      # bracketed, worst at an end
+
+
+def test_edge_rates(capsys):
+    check_edge_rates(["full", "LoRA r=8"], SWEEPS)
+    check_edge_rates({"LoRA r=8", "full"}, SWEEPS)
+    assert "2 of 4 settings" in capsys.readouterr().out
+    for answer, match in [(["full"], "LoRA r=8 is missing: .* the smallest"),
+                          (["LoRA r=8"], "full is missing: .* the largest"),
+                          (["full", "LoRA r=8", "head"], "head: its best rate, 0.1, has tried rates on both sides"),
+                          (["full", "LoRA r=8", "LoRA r=1"], "0.01, has tried .* 0.03, is its \\*worst\\*"),
+                          (["full", "LoRA"], "not among the settings"),
+                          ("full", "a list"),
+                          (None, "no answer yet")]:
+        with pytest.raises(Feedback, match=match):
+            check_edge_rates(answer, SWEEPS)
+
+
 # --------------------------------------------------------------------------- smallest good rank
 
 
@@ -171,6 +238,9 @@ def test_smallest_rank(capsys):
     check_smallest_rank(8, SCORES, 98.0)
     with pytest.raises(Feedback, match="look further up"):
         check_smallest_rank(64, SCORES, 98.0)
+    with pytest.raises(Feedback, match="r = 64 scores 98.6%, below 99.0%") as info:   # failed before: "reaches"
+        check_smallest_rank(64, SCORES, 99.0)
+    assert "reaches 99.0%" not in str(info.value)
     with pytest.raises(Feedback, match=r"the \*smallest\* r"):
         check_smallest_rank(16, {4: 99.5, 16: 100.0}, 99.0)               # the best score, but not the smallest
     with pytest.raises(Feedback, match="below 99.0%"):
@@ -237,7 +307,9 @@ def test_phi(capsys):
     assert "✅ Correct" in capsys.readouterr().out
     for fn, match in [
         (lambda U1, U2, i, j: np.linalg.norm(U1[:, :i].T @ U2[:, :j]) ** 2, "Divide by min"),
-        (lambda U1, U2, i, j: np.linalg.norm(U1[:, :i].T @ U2[:, :j]) ** 2 / max(i, j), "not max"),
+        (lambda U1, U2, i, j: np.linalg.norm(U1[:, :i].T @ U2[:, :j]) ** 2 / max(i, j), "= j here, the larger"),
+        (lambda U1, U2, i, j: np.linalg.norm(U1[:, :i].T @ U2[:, :j]) ** 2 / i, "= i here, the larger"),  # was "max"
+        (lambda U1, U2, i, j: np.linalg.norm(U1[:, :i].T @ U2[:, :j]) ** 2 / j, "= j here, the larger"),
         (lambda U1, U2, i, j: np.linalg.norm(U1[:, :i].T @ U2[:, :j]) / min(i, j), "Square the Frobenius"),
         (lambda U1, U2, i, j: np.abs(U1[:, :i].T @ U2[:, :j]).sum() / min(i, j), "absolute values|Square the Frobenius"),
         (lambda U1, U2, i, j: 1.0, "should be"),

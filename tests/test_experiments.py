@@ -406,6 +406,19 @@ def test_truncate_updates(base):
     torch.testing.assert_close(reset.tok_emb.weight, base.tok_emb.weight)
     torch.testing.assert_close(reset.blocks[0].attn.q_proj.bias, base.blocks[0].attn.q_proj.bias)
     torch.testing.assert_close(reset.blocks[0].attn.q_proj.weight, tuned.blocks[0].attn.q_proj.weight)
+    emb = truncate_updates(base, tuned, 64, reset_rest="embeddings")           # embeddings only
+    torch.testing.assert_close(emb.tok_emb.weight, base.tok_emb.weight)
+    torch.testing.assert_close(emb.pos_emb.weight, base.pos_emb.weight)
+    torch.testing.assert_close(emb.blocks[0].attn.q_proj.bias, tuned.blocks[0].attn.q_proj.bias)
+    torch.testing.assert_close(emb.blocks[1].ln1.weight, tuned.blocks[1].ln1.weight)
+    norms = truncate_updates(base, tuned, 64, reset_rest="ln_bias")            # LayerNorms and biases only
+    torch.testing.assert_close(norms.tok_emb.weight, tuned.tok_emb.weight)
+    torch.testing.assert_close(norms.blocks[0].attn.q_proj.bias, base.blocks[0].attn.q_proj.bias)
+    torch.testing.assert_close(norms.ln_f.weight, base.ln_f.weight)
+    torch.testing.assert_close(norms.lm_head.weight, tuned.lm_head.weight)
+    assert states_equal(truncate_updates(base, tuned, 0, reset_rest="all").state_dict(), base.state_dict())
+    with pytest.raises(ValueError, match="reset_rest must be"):
+        truncate_updates(base, tuned, 1, reset_rest="layernorms")
     only_q = truncate_updates(base, tuned, 1, modules=["blocks.0.attn.q_proj"])
     torch.testing.assert_close(only_q.blocks[0].attn.v_proj.weight, tuned.blocks[0].attn.v_proj.weight)
     with pytest.raises(TypeError, match="not an nn.Linear"):
@@ -457,19 +470,60 @@ def test_the_grid_trainer_does_what_finetune_does(base):
 
 def test_grid_runs_cover_configs_rates_and_seeds():
     s = E.GridSettings()
-    runs = E.grid_runs("swap+1", s, continued=True)
-    lrs = dict(s.lrs)
-    assert len(runs) == sum(len(lrs[c["method"]]) for c in s.configs) * len(s.seeds) + len(lrs["full"]) * len(s.seeds)
+    runs = E.grid_runs("swap+1", s)
+    assert len(runs) == sum(len(s.config_lrs(c)) for c in s.configs) * len(s.seeds)
     assert len({(r.label, r.lr, r.seed) for r in runs}) == len(runs)
     # every (config, seed) starts from its own draw; the learning rates of one (config, seed) share it (paired)
     assert len({r.init for r in runs}) == len({(r.label, r.seed) for r in runs})
-    assert {r.label for r in runs} >= {"full", "embedding row", "biases + LayerNorms", "head", "LoRA-FA r=8",
-                                       "full, frozen embeddings", "LoRA r=1", "LoRA r=64", "rsLoRA r=64",
-                                       "LoRA r=16 on q", "LoRA r=16 on v", "LoRA r=8 all linear",
-                                       "continued pretraining"}
-    assert all(len(v) in (1, 3, 4) for v in lrs.values()) and len(s.seeds) >= 5
+    main, baselines = E.grid_runs("swap+1", s, tier="main"), E.grid_runs("swap+1", s, tier="baselines")
+    assert len(main) + len(baselines) == len(runs)
+    assert {r.label for r in main} == ({"full", "full, frozen embeddings"} | {f"LoRA r={r}" for r in E.RANKS}
+                                       | {f"rsLoRA r={r}" for r in E.RANKS})
+    assert {r.label for r in baselines} == {"embedding row", "biases + LayerNorms", "head", "LoRA-FA r=8",
+                                            "LoRA r=16 on q", "LoRA r=16 on v", "LoRA r=8 all linear"}
+    assert E.RANKS == (1, 2, 4, 8, 16, 32, 64) and len(s.seeds) >= 5
+    # the rates reach past where the earlier recordings found the best at the edge (chapter 06's review)
+    lrs = s.label_lrs()
+    assert max(lrs["full"]) >= 0.1 and max(lrs["full, frozen embeddings"]) >= 0.1
+    assert all(max(lrs[b]) >= 1.0 for b in ("head", "biases + LayerNorms", "LoRA-FA r=8"))
+    assert max(lrs["LoRA r=16 on v"]) >= 0.3 and all(len(v) >= 3 for v in lrs.values())
+    nulls = E.null_runs(s)
+    assert {r.label for r in nulls} == {"continued pretraining", "from scratch", "continued pretraining, LoRA r=8",
+                                        "continued pretraining, LoRA r=64"}
+    assert {r.lr for r in nulls if r.task == "pretraining" and r.method == "full"} == set(lrs["full"])
+    assert {r.lr for r in nulls if r.label == "continued pretraining, LoRA r=64"} == set(lrs["LoRA r=64"])
+    assert {(r.task, r.lr) for r in nulls if r.method == "scratch"} == {(t, lr) for t in s.tasks
+                                                                        for lr in lrs["from scratch"]}
+    assert len(E.null_runs(s, long=True)) == len(s.tasks) * len(s.long_scratch_lrs) * len(s.seeds)
     with pytest.raises(ValueError, match="continued pretraining"):
-        E.Run("pretraining", "lora", 1e-2, 0, r=8)
+        E.Run("pretraining", "head", 1e-2, 0)
+    with pytest.raises(ValueError, match="tier"):
+        E.grid_runs("swap+1", s, tier="nulls")
+
+
+def test_groups_train_the_most_important_first():
+    """Every task's main tier, then every task's baselines, then the nulls, then the long from-scratch null."""
+    s = E.GridSettings()
+    kinds = [kind for _, kind, _ in s.groups()]
+    assert kinds == ["main"] * len(s.tasks) + ["baselines"] * len(s.tasks) + [E.NULLS, E.LONG_SCRATCH]
+    assert [t for _, kind, t in s.groups() if kind == "main"] == list(s.tasks)
+    assert set(s.tasks) == set(E.DOWNSTREAM_TASKS)
+    assert s.long_scratch_steps == 3 * s.steps
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(tasks=("copy",)), "not a downstream task"),
+    (dict(configs=({"method": "lora", "r": 8, "tier": "later"},)), "tier"),
+    (dict(configs=({"method": "lora", "rank": 8},)), "may only have the keys"),
+    (dict(configs=({"method": "lora", "r": 8}, {"method": "lora", "r": 8, "lrs": (1e-2,)})), "same label"),
+    (dict(configs=({"method": "lora", "r": 0},)), "r must be a positive int"),
+    (dict(seeds=()), "at least one seed"),
+])
+def test_grid_settings_errors(change, match):
+    import dataclasses
+
+    with pytest.raises(ValueError, match=match):
+        dataclasses.replace(E.GridSettings(), **change)
 
 
 def test_best_learning_rate_is_chosen_on_validation_loss():
@@ -477,8 +531,38 @@ def test_best_learning_rate_is_chosen_on_validation_loss():
                for lr, v in [(3e-3, 0.5), (3e-3, 0.7), (1e-2, 0.1), (1e-2, 0.3), (3e-2, 0.2), (3e-2, 0.2)]]
     best = E._best_lrs(results, E.LR_GRID)
     assert best["LoRA r=8"]["lr"] == 1e-2 and best["LoRA r=8"]["edge"] is False
+    assert best["LoRA r=8"]["edge_side"] is None
+    means = {0.003: np.mean(np.log([0.5, 0.7])), 0.01: np.mean(np.log([0.1, 0.3])), 0.03: math.log(0.2)}
+    assert best["LoRA r=8"]["lr_spread"] == pytest.approx(max(means.values()) - min(means.values()), abs=1e-4)
     results.append({"label": "LoRA r=8", "method": "lora", "lr": 1e-1, "val_loss": 0.01})
-    assert E._best_lrs(results, E.LR_GRID)["LoRA r=8"]["edge"] is True      # the best is the largest swept
+    high = E._best_lrs(results, E.LR_GRID)["LoRA r=8"]
+    assert high["edge"] is True and high["edge_side"] == "high"                 # the best is the largest swept
+    low = E._best_lrs(results[:2] + results[2:], {"LoRA r=8": (1e-1, 3e-1)})["LoRA r=8"]   # a label's own grid
+    assert low["lr"] == 1e-1 and low["edge_side"] == "low"
+    # a rate at which a seed diverged (nan) is never the best (nan compared as the smallest before)
+    diverged = [{"label": "LoRA r=8", "method": "lora", "lr": 3e-1, "val_loss": float("nan")}] + results
+    assert E._best_lrs(diverged, E.LR_GRID)["LoRA r=8"]["lr"] == 1e-1
+
+
+def test_predicted_group_time():
+    assert E._predict_s([], 300, 200) == 0.0                                    # the first group always starts
+    one = [{"runs": 100, "steps": 200, "train_s": 10.0, "analysis_s": 1.0}]
+    assert E._predict_s(one, 200, 200, margin=1.0) == pytest.approx(21.0)      # proportional to the runs
+    # two sizes: a fixed cost per step (5 ms) plus 0.1 ms per run and step, fitted
+    two = one[:1] + [{"runs": 300, "steps": 100, "train_s": 100 * (0.005 + 300e-4), "analysis_s": 2.0}]
+    two[0]["train_s"] = 200 * (0.005 + 100e-4)
+    assert E._predict_s(two, 50, 600, margin=1.0) == pytest.approx(600 * (0.005 + 50e-4) + 2.0)
+    assert E._predict_s(two, 50, 600) > E._predict_s(two, 50, 600, margin=1.0)
+
+
+def test_run_table_reads_both_layouts():
+    rows = [{"label": "full", "lr": 0.01, "seed": 0, "val_loss": 0.5, "val_em": 10.0, "test_loss": 0.25,
+             "test_em": 12.5, "pretrain_em": 90.0, "steps_to_99": None, "task": "x", "method": "full"}]
+    table = E._table(rows)
+    assert table["columns"] == list(E.RUN_COLUMNS) and len(table["rows"]) == 1
+    assert E.run_table(table) == [{k: rows[0][k] for k in E.RUN_COLUMNS}]
+    assert E.run_table(E._table(rows, table["rows"]))[1]["test_em"] == 12.5     # appended
+    assert E.run_table([{"a": 1}]) == [{"a": 1}]                                # older records: a list of dicts
 
 
 @pytest.fixture(scope="module")
@@ -497,16 +581,34 @@ def test_grid_command_writes_a_complete_record(smoke_record):
     assert {"torch", "numpy", "cuda"} <= set(record["versions"]) and record["machine_start"]["device"] == "cpu"
     s = E.GridSettings.smoke()
     assert set(record["tasks"]) == set(s.tasks) and record["settings"]["seeds"] == list(s.seeds)
+    assert [g["group"] for g in record["groups"]] == [name for name, _, _ in s.groups()]
+    assert all(g["train_s"] > 0 and g["runs"] > 0 for g in record["groups"])
     for task, entry in record["tasks"].items():
         assert entry["distance"] == TASKS.distance(task)
-        assert len(entry["runs"]) == sum(len(dict(s.lrs)[c["method"]]) for c in s.configs) * len(s.seeds)
+        runs = E.run_table(entry["runs"])
+        assert len(runs) == sum(len(s.config_lrs(c)) for c in s.configs) * len(s.seeds)
+        assert {r["label"] for r in runs} == {E.config_label(c) for c in s.configs} == set(entry["best"])
         for label, best in entry["best"].items():
             assert [r["seed"] for r in best["runs"]] == list(s.seeds) and len(best["runs"][0]["curves"]["val_em"]) == 2
-        assert set(entry["truncation"]["full"]) == {"keep", "reset"}
+            assert best["lr"] in s.label_lrs()[label] and best["edge"] == (best["edge_side"] is not None)
+        assert set(entry["truncation"]["full"]) == set(E.TRUNCATION_VARIANTS)
         assert set(entry["truncation"]["full"]["reset"]) == {str(k) for k in s.truncation_ks}
-        assert set(entry["phi"]) == {f"blocks.{i}.attn.{m}" for i in range(2) for m in ("q_proj", "v_proj")}
-    assert record["continued_pretraining"]["runs"] and set(record["scratch"]) == set(s.tasks)
-    assert "from scratch" in stdout
+        slots = {f"blocks.{i}.attn.{m}" for i in range(2) for m in ("q_proj", "v_proj")}
+        assert set(entry["phi"]) == slots and set(entry["lora_vs_full"]["full"]) == slots
+        assert len(entry["phi"]["blocks.0.attn.q_proj"]["r8_vs_r64"]["grid8"][0]) == 8
+        assert set(entry["wall_time_s"]) == {"training", "total", "main", "baselines"}
+    cont = record["continued_pretraining"]
+    assert cont["steps"] == s.steps and set(cont["spectra"]) == {str(lr) for lr in s.label_lrs()["full"]}
+    lrs = s.label_lrs()
+    assert len(E.run_table(cont["runs"])) == len(s.seeds) * (len(lrs["continued pretraining"]) + len(lrs["LoRA r=8"])
+                                                             + len(lrs["LoRA r=64"]))
+    assert set(cont["lora"]) == {"continued pretraining, LoRA r=8", "continued pretraining, LoRA r=64"}
+    assert set(cont["lora"]["continued pretraining, LoRA r=64"]["0.03"]["k90"]) == {
+        f"blocks.{i}.attn.{m}" for i in range(2) for m in ("q_proj", "v_proj")}
+    for key, steps in (("scratch", s.steps), ("scratch_long", s.long_scratch_steps)):
+        assert set(record[key]) == set(s.tasks)
+        assert all(e["steps"] == steps and len(e["best_runs"]) == len(s.seeds) for e in record[key].values())
+    assert "nulls" in stdout and "long scratch" in stdout
 
 
 def test_truncation_in_the_record_matches_truncate_updates(smoke_record, base):
@@ -523,6 +625,44 @@ def test_truncation_in_the_record_matches_truncate_updates(smoke_record, base):
             [r["test_em"] for r in full_runs], abs=1e-6)
 
 
+def test_truncation_variants_match_truncate_updates(base):
+    """The grid's batched truncation gives what truncate_updates gives on each run's own model."""
+    runs = [E.Run("remap-4", "full", 3e-3, seed) for seed in (0, 1)]
+    results, stack = E.train_runs(runs, base, steps=3, eval_every=3, val_size=20, test_size=20, progress=False)
+    final = stack.final()
+    seq = make_batch("remap-4", 50, E.EVAL_SEED)
+    got = E._truncation(stack, final, [0, 1], (0, 2, 64), seq)
+    for e in (0, 1):
+        tuned = E.Transformer(base.cfg)
+        tuned.load_state_dict({n: final[n][e] for n in final})
+        for variant, reset in E.TRUNCATION_VARIANTS.items():
+            for k in (0, 2, 64):
+                model = truncate_updates(base, tuned, k, reset_rest=reset or False)
+                alone = evaluate(model, "remap-4", n=50)
+                assert got[variant][str(k)]["exact_match"][e] == pytest.approx(alone["exact_match"], abs=1e-6)
+                assert got[variant][str(k)]["loss"][e] == pytest.approx(alone["loss"], rel=1e-3), (variant, k)
+
+
+def test_lora_update_next_to_the_full_one(base):
+    """Cosines and norm ratios of LoRA's ΔW and full fine-tuning's, against a direct computation."""
+    from lora_edu.lowrank import best_rank_k
+
+    runs = [E.Run("reverse+1", "lora", 3e-2, 0, r=8), E.Run("reverse+1", "full", 1e-2, 0)]
+    results, stack = E.train_runs(runs, base, steps=3, eval_every=3, val_size=20, test_size=20, progress=False)
+    final = stack.final()
+    got = E._lora_vs_full(stack, final, [0], [1])
+    assert set(got) == {f"blocks.{i}.attn.{m}" for i in range(2) for m in ("q_proj", "v_proj")}
+    for slot, values in got.items():
+        w = slot + ".weight"
+        dl = (final[w][0] - stack.const["base"][w][0]).double()
+        df = (final[w][1] - stack.const["base"][w][1]).double()
+        cos = float((dl * df).sum() / (dl.norm() * df.norm()))
+        cos8 = float((dl * best_rank_k(df, 8)).sum() / (dl.norm() * best_rank_k(df, 8).norm()))
+        assert values["cos"][0] == pytest.approx(cos, abs=1e-3)
+        assert values["cos_best8"][0] == pytest.approx(cos8, abs=1e-3)
+        assert values["norm_ratio"][0] == pytest.approx(float(dl.norm() / df.norm()), rel=1e-3)
+
+
 def test_grid_summary_reads_the_record(smoke_record):
     record, _ = smoke_record
     summary = E.grid_summary(record)
@@ -533,7 +673,26 @@ def test_grid_summary_reads_the_record(smoke_record):
     assert full["log10_loss"] == pytest.approx(np.mean(logs)) and full["n"] == len(logs)
     assert set(t["k90"]) >= {"full", "continued pretraining", "from scratch"}
     assert set(t["phi"]["blocks.0.attn.v_proj"]) >= {"r8_vs_r64", "init_r8_vs_r64", "r8_seed_to_seed", "new_token_r8"}
-    assert t["rank_needed"] in (None, 8, 64)
+    assert t["rank_needed"] in (None, 8, 64) and t["rank_needed_rs"] in (None, 8)
+    assert full["seeds"] == [0, 1] and full["log10_loss_seeds"] == pytest.approx(logs)
+    assert full["edge"] == (full["edge_side"] is not None)
+    assert full["lrs"] == sorted(E.GridSettings.smoke().label_lrs()["full"])
+    # the nulls: continued pretraining at full fine-tuning's rate, from scratch with the same steps and longer
+    assert set(t["k90"]) >= {"from scratch", "from scratch, 6 steps", "continued pretraining",
+                             "continued pretraining, LoRA r=8", "continued pretraining, LoRA r=64"}
+    assert set(t["nulls"]) >= {"from scratch"}
+    assert set(t["k90_qv"]) == set(t["k90"])                                  # every row on W_q, W_v too
+    spec = record["tasks"]["reverse+1"]["spectra"]["full"]["k90"]
+    qv = [np.mean([spec[n][s] for n in spec if n.endswith(("q_proj", "v_proj"))]) for s in range(2)]
+    assert t["k90_qv"]["full"] == pytest.approx(qv) and t["k90_qv"]["LoRA r=8"] == pytest.approx(t["k90"]["LoRA r=8"])
+    assert set(t["truncation"]["full"]) == set(E.TRUNCATION_VARIANTS)
+    phi = record["tasks"]["reverse+1"]["phi"]["blocks.0.attn.v_proj"]["r8_vs_r64"]["diag"]
+    assert t["phi_ci"]["blocks.0.attn.v_proj"]["r8_vs_r64"] == pytest.approx(E.t_interval([d[0] for d in phi]))
+    assert set(t["lora_vs_full"]) == {"full", "full, frozen embeddings"}
+    assert set(t["scaling"]) == {"alpha/r", "alpha/sqrt(r)", "rs_minus_r"} and set(t["scaling"]["rs_minus_r"]) == {8}
+    diff = t["scaling"]["rs_minus_r"][8]
+    rs, plain = t["methods"]["rsLoRA r=8"]["log10_loss_seeds"], t["methods"]["LoRA r=8"]["log10_loss_seeds"]
+    assert diff["diffs"] == pytest.approx([a - b for a, b in zip(rs, plain)])
 
 
 def test_summary_helpers():
@@ -544,6 +703,27 @@ def test_summary_helpers():
     s = E.summarize_runs(runs)
     assert s["log10_loss"] == pytest.approx(-1.5) and s["loss"] == pytest.approx(10 ** -1.5)
     assert s["reached_99"] == 1 and s["median_steps_to_99"] == 50 and s["em"] == 99.0
+    assert s["succeeded"] == 1 and s["em_seeds"] == [100.0, 98.0] and s["log10_loss_seeds"] == pytest.approx([-2, -1])
+    assert E.summarize_runs(runs, threshold=98.0)["succeeded"] == 2
+    inf = {"test_loss": float("inf"), "test_em": 0.0, "steps_to_99": None, "pretrain_em": 0.0}
+    bad = E.summarize_runs(runs + [inf])
+    assert bad["diverged"] == 1 and bad["log10_loss_seeds"][-1] == 12.0 and math.isfinite(bad["log10_loss_ci"])
+
+
+def test_paired_difference_against_the_formula():
+    a = {"seeds": [0, 1, 2, 3, 4], "log10_loss_seeds": [-2.0, -2.5, -1.0, -3.0, -2.2], "em_seeds": [1, 2, 3, 4, 5]}
+    b = {"seeds": [4, 3, 2, 1, 0], "log10_loss_seeds": [-2.0, -2.9, -1.1, -2.4, -1.5], "em_seeds": [5, 4, 3, 2, 1]}
+    d = E.paired_difference(a, b)
+    diffs = np.array([-2.0 + 1.5, -2.5 + 2.4, -1.0 + 1.1, -3.0 + 2.9, -2.2 + 2.0])   # matched by seed, not position
+    assert d["diffs"] == pytest.approx(diffs) and d["n"] == 5 and d["seeds"] == [0, 1, 2, 3, 4]
+    assert d["mean"] == pytest.approx(diffs.mean())
+    assert d["ci"] == pytest.approx(2.776 * diffs.std(ddof=1) / math.sqrt(5), rel=1e-4)
+    assert (d["positive"], d["negative"]) == (1, 4)
+    assert E.paired_difference(a, b, "em")["diffs"] == [0, 0, 0, 0, 0]
+    with pytest.raises(ValueError, match="share 1 seed"):
+        E.paired_difference(a, {"seeds": [0], "log10_loss_seeds": [1.0]})
+    with pytest.raises(ValueError, match="summary with 'seeds'"):
+        E.paired_difference(a, {"log10_loss": 1.0})
     with pytest.raises(ValueError, match="empty"):
         E.summarize_runs([])
 
@@ -555,8 +735,25 @@ def test_grid_time_budget_skips_groups_but_writes(tmp_path, base):
     s = dataclasses.replace(s, tasks=("reverse+1", "swap+1"), configs=({"method": "lora", "r": 8},), seeds=(0,))
     record = E.run_grid(tmp_path / "g.json", s, device="cpu", budget_s=0.0, base=base, progress=False)
     saved = json.loads((tmp_path / "g.json").read_text())
-    assert saved["finished"] and list(saved["tasks"]) == ["reverse+1"]
-    assert saved["skipped"] == ["swap+1", "from scratch"] and record["skipped"] == saved["skipped"]
+    assert saved["finished"] and list(saved["tasks"]) == ["reverse+1"]        # the first group always starts
+    assert saved["skipped"] == ["swap+1/main", "nulls", "long scratch"] and record["skipped"] == saved["skipped"]
+
+
+def test_grid_budget_skips_what_would_not_fit_and_goes_on(tmp_path, base, monkeypatch):
+    """A group predicted to overrun is skipped; a later, smaller one still runs."""
+    s = E.GridSettings.smoke()
+    import dataclasses
+
+    s = dataclasses.replace(s, tasks=("reverse+1", "swap+1"), configs=({"method": "lora", "r": 8},
+                                                                       {"method": "head", "tier": "baselines"}),
+                            seeds=(0,), lrs=(("lora", (3e-2,)), ("head", (0.03, 0.1, 0.3, 1.0, 3.0)), ("full", (1e-2,)),
+                                             ("scratch", (3e-3,))))
+    monkeypatch.setattr(E, "_predict_s", lambda done, runs, steps: 1e6 if runs == 5 else 0.0)
+    E.run_grid(tmp_path / "g.json", s, device="cpu", budget_s=100.0, base=base, progress=False)
+    saved = json.loads((tmp_path / "g.json").read_text())
+    assert saved["skipped"] == ["reverse+1/baselines", "swap+1/baselines"]   # 5 runs each: "too long"
+    assert [g["group"] for g in saved["groups"]] == ["reverse+1/main", "swap+1/main", "nulls", "long scratch"]
+    assert set(saved["tasks"]["swap+1"]["best"]) == {"LoRA r=8"} and set(saved["scratch"]) == {"reverse+1", "swap+1"}
 
 
 def test_grid_records_a_failing_group_and_goes_on(tmp_path, base, monkeypatch):
@@ -574,8 +771,28 @@ def test_grid_records_a_failing_group_and_goes_on(tmp_path, base, monkeypatch):
     monkeypatch.setattr(E, "train_runs", flaky)
     E.run_grid(tmp_path / "g.json", s, device="cpu", base=base, progress=False)
     saved = json.loads((tmp_path / "g.json").read_text())
-    assert saved["finished"] and [e["group"] for e in saved["errors"]] == ["reverse+1"]
+    assert saved["finished"] and [e["group"] for e in saved["errors"]] == ["reverse+1/main"]
     assert "simulated" in saved["errors"][0]["error"] and list(saved["tasks"]) == ["swap+1"]
+    assert saved["scratch"] and saved["scratch_long"]                          # the nulls still ran
+
+
+def test_grid_command_line_options(tmp_path, monkeypatch):
+    seen = {}
+
+    def fake(out, settings, **kwargs):
+        seen.update(settings=settings, **kwargs)
+        return {"finished": True}
+
+    monkeypatch.setattr(E, "run_grid", fake)
+    assert E.main(["grid", "--out", str(tmp_path / "g.json"), "--seeds", "2", "--steps", "4", "--batch-size", "8",
+                   "--eval-every", "2", "--eval-size", "16", "--tasks", "swap+1,remap-2", "--budget-s", "50",
+                   "--device", "cpu", "--no-progress"]) == 0
+    s = seen["settings"]
+    assert (s.seeds, s.steps, s.batch_size, s.eval_every, s.tasks) == ((0, 1), 4, 8, 2, ("swap+1", "remap-2"))
+    assert s.val_size == s.test_size == s.pretrain_eval_size == s.truncation_size == 16
+    assert s.configs == E.GRID_CONFIGS and seen["budget_s"] == 50.0 and seen["progress"] is False
+    with pytest.raises(SystemExit):
+        E.main(["grid", "--out", str(tmp_path / "g.json"), "--tasks", "copy"])
 
 
 @pytest.mark.gpu
@@ -623,12 +840,15 @@ def test_recorded_grid_is_complete_where_it_ran(recorded):
     assert record["gpu"] == "NVIDIA H200" and not record["errors"] and record["finished"]
     assert {"driver", "sm_clock_mhz", "power_w"} <= set(record["machine_start"])
     assert {"torch", "cuda", "numpy"} <= set(record["versions"])
-    assert set(record["tasks"]) | set(record["skipped"]) == set(E.DOWNSTREAM_TASKS)
+    skipped_tasks = {group.split("/")[0] for group in record["skipped"]}      # "remap-8/main" (older: "remap-8")
+    assert set(record["tasks"]) | (skipped_tasks & set(E.DOWNSTREAM_TASKS)) == set(E.DOWNSTREAM_TASKS)
     assert set(record["scratch"]) == set(E.DOWNSTREAM_TASKS)
+    settings = record["settings"]
     for task, s in summary.items():
-        assert len(s["methods"]) == len(E.GRID_CONFIGS)
-        assert all(m["n"] == 5 for m in s["methods"].values())                     # five seeds everywhere
-        assert len(record["tasks"][task]["runs"]) == 380
+        assert len(s["methods"]) == len(settings["configs"])
+        assert all(m["n"] == len(settings["seeds"]) == 5 for m in s["methods"].values())   # five seeds everywhere
+        lrs = [c.get("lrs") or settings["lrs"][c["method"]] for c in settings["configs"]]
+        assert len(E.run_table(record["tasks"][task]["runs"])) == sum(map(len, lrs)) * 5
 
 
 def test_chapter_06_findings_hold_in_the_recorded_grid(recorded):

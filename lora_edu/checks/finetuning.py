@@ -3,7 +3,8 @@
 Each check computes the right answer itself (with :mod:`lora_edu.experiments`, :mod:`lora_edu.lowrank` or
 plain NumPy/torch) and recognises the usual slips: a forgotten ``mod``, singular values not squared, φ
 divided by the wrong size, ``alpha`` instead of ``alpha / r``, ``A`` counted without ``B``, a population
-standard deviation or the normal's 1.96 in a confidence interval over five seeds, ...
+standard deviation or the normal's 1.96 in a confidence interval over five seeds, an unpaired interval where
+the seeds pair two settings, a learning rate whose best is not at the end of its sweep, ...
 """
 from __future__ import annotations
 
@@ -60,6 +61,9 @@ def check_downstream_answer(fn: Callable, seed: int = 0) -> None:
         got = _numbers(_call(fn, "downstream_answer", list(x)), "downstream_answer(x)")
         if got.shape != (8,):
             raise Feedback(f"`downstream_answer({x})` should return 8 symbols, got shape {got.shape}.")
+        if not (np.all(np.isfinite(got)) and np.all(got == np.round(got))):
+            raise Feedback(f"`downstream_answer({x})` returned {got.tolist()}: the answer is whole symbols "
+                           "(integers 0..15), not fractions.")
         got = got.astype(int).tolist()
         if got == expected:
             continue
@@ -202,6 +206,87 @@ def check_t_interval(fn: Callable) -> None:
     passed("mean ± t(0.975, n−1) · s / sqrt(n) with the sample s — with 5 seeds t = 2.776, not 1.96.")
 
 
+# Two settings on the same five data streams (seeds): B is a little better on every seed, but the seeds move
+# both a lot, so two separate intervals overlap while the paired one does not.
+_PAIRED_CASES = (([-2.1, -3.0, -1.2, -2.6, -1.9], [-2.3, -3.3, -1.3, -2.9, -2.0]),
+                 ([0.4, -0.8, 1.1, 0.2, -0.3], [0.1, -0.9, 0.6, 0.1, -0.7]),
+                 ([5.0, 7.0, 6.0], [4.0, 6.5, 4.5]))
+
+
+@exercise
+def check_paired_interval(fn: Callable) -> None:
+    """``fn(a, b)``: ``(mean, half_width)`` of the seed-by-seed differences ``a[i] - b[i]`` (95 % Student t)."""
+    _function(fn, "paired_interval", "(a, b)")
+    for a, b in _PAIRED_CASES:
+        xa, xb = np.asarray(a), np.asarray(b)
+        d = xa - xb
+        n = d.size
+        t = _T975[n - 1]
+        mean, expected = float(d.mean()), t * float(d.std(ddof=1)) / math.sqrt(n)
+        got = _call(fn, "paired_interval", list(a), list(b))
+        try:
+            got_mean, got_half = (float(v) for v in got)
+        except (TypeError, ValueError):
+            raise Feedback(f"`paired_interval` should return two numbers (mean, half_width), not {got!r}.") from None
+        label = f"For a = {a}, b = {b}"
+        if math.isclose(got_mean, -mean, rel_tol=1e-6) and not math.isclose(mean, 0.0, abs_tol=1e-12):
+            raise Feedback(f"{label} you returned mean {got_mean:.4g}: that is b − a; the question asks for a − b.")
+        if not math.isclose(got_mean, mean, rel_tol=1e-6, abs_tol=1e-9):
+            raise Feedback(f"{label} the mean difference is {mean:.4g}, you returned {got_mean:.4g}.")
+        if math.isclose(got_half, expected, rel_tol=1e-3):
+            continue
+        sa, sb = float(xa.std(ddof=1)), float(xb.std(ddof=1))
+        slips = [
+            (t * math.sqrt(sa ** 2 / n + sb ** 2 / n), "that treats a and b as independent samples; seed i of a and "
+                                                       "seed i of b saw the same data, so take the differences "
+                                                       "a[i] − b[i] first and build the interval of those"),
+            (t * (sa + sb) / math.sqrt(n), "that adds the two separate half-widths; the paired interval comes from "
+                                           "the spread of the differences a[i] − b[i]"),
+            (t * float(d.std(ddof=0)) / math.sqrt(n), "you used the population standard deviation (ddof=0) of the "
+                                                      "differences; use the sample one (ddof=1)"),
+            (1.96 * float(d.std(ddof=1)) / math.sqrt(n), f"1.96 is the normal's quantile; with {n} seeds use "
+                                                         f"Student's t with {n - 1} degrees of freedom ({t})"),
+            (t * float(d.std(ddof=1)), "divide by sqrt(n): the interval is for the *mean* difference"),
+        ]
+        for wrong, message in slips:
+            if math.isclose(got_half, wrong, rel_tol=1e-3):
+                raise Feedback(f"{label} you returned half-width {got_half:.4g}: {message}.")
+        raise Feedback(f"{label} the half-width is t·s_d/sqrt(n) = {t}·{float(d.std(ddof=1)):.4g}/sqrt({n}) = "
+                       f"{expected:.4g} (s_d: the sample standard deviation of a − b), you returned {got_half:.4g}.")
+    passed("pair by seed: the interval of the differences a[i] − b[i] is narrow when the seeds move both settings "
+           "alike — narrower than two separate intervals suggest.")
+
+
+@exercise
+def check_edge_rates(answer: Any, sweeps: Mapping[str, Mapping[float, float]]) -> None:
+    """The settings in ``sweeps`` (label -> {learning rate: validation loss}) whose best (lowest) rate is the
+    smallest or the largest one tried: the ones whose tuning is not finished."""
+    require_answer(answer, "at_the_edge")
+    if isinstance(answer, str) or not isinstance(answer, (list, tuple, set, frozenset)):
+        raise Feedback(f"`at_the_edge` should be a list (or set) of labels such as {sorted(sweeps)[:2]}, "
+                       f"not {type(answer).__name__}.")
+    unknown = [a for a in answer if a not in sweeps]
+    if unknown:
+        raise Feedback(f"{unknown} {'is' if len(unknown) == 1 else 'are'} not among the settings: {sorted(sweeps)}.")
+    best = {label: min(losses, key=losses.get) for label, losses in sweeps.items()}
+    expected = {label for label, lr in best.items() if lr in (min(sweeps[label]), max(sweeps[label]))}
+    got = set(answer)
+    worst = {label: max(losses, key=losses.get) for label, losses in sweeps.items()}
+    for label in sorted(got - expected):
+        lrs = sorted(sweeps[label])
+        note = f" (the rate at the end, {worst[label]:g}, is its *worst*)" if worst[label] in (lrs[0], lrs[-1]) else ""
+        raise Feedback(f"{label}: its best rate, {best[label]:g}, has tried rates on both sides ({lrs}): the sweep "
+                       f"brackets it{note}.")
+    for label in sorted(expected - got):
+        lrs = sorted(sweeps[label])
+        side = "largest" if best[label] == lrs[-1] else "smallest"
+        raise Feedback(f"{label} is missing: its best rate, {best[label]:g}, is the {side} it tried ({lrs}), so a "
+                       f"rate beyond it might be better still.")
+    passed(f"{len(expected)} of {len(sweeps)} settings have their best rate at an end of the sweep"
+           + (f" ({', '.join(sorted(expected))})" if expected else "")
+           + ": compare those only where they win anyway, or sweep further.")
+
+
 # --------------------------------------------------------------------------- the rank a task needs
 
 
@@ -220,8 +305,11 @@ def check_smallest_rank(answer: Any, scores: Mapping[int, float], threshold: flo
     if answer == best and answer != expected:
         raise Feedback(f"r = {answer} has the best score, but a smaller rank already reaches {threshold}%: the "
                        "question is the *smallest* r that does.")
-    if answer > expected:
+    if answer > expected and scores[answer] >= threshold:
         raise Feedback(f"r = {answer} reaches {threshold}%, but a smaller r does too: look further up the table.")
+    if answer > expected:
+        raise Feedback(f"r = {answer} scores {scores[answer]:.1f}%, below {threshold}% — and a smaller r does "
+                       f"reach it: look for the smallest r whose score is at least {threshold}%.")
     if answer < expected:
         raise Feedback(f"r = {answer} scores {scores[answer]:.1f}%, below {threshold}%.")
     above = [r for r in scores if r > expected and scores[r] < threshold]
@@ -334,8 +422,9 @@ def check_phi(fn: Callable, seed: int = 0) -> None:
         M = U1[:, :i].T @ U2[:, :j]
         slips = [
             (float(np.sum(M ** 2)), "Divide by min(i, j): without it φ is not between 0 and 1."),
-            (float(np.sum(M ** 2) / max(i, j)), "Divide by min(i, j), not max(i, j): two subspaces of sizes i < j can "
-                                                "overlap completely (φ = 1)."),
+            (float(np.sum(M ** 2) / max(i, j)),
+             f"Divide by min(i, j) = {min(i, j)}, not by {max(i, j)} (= {'i' if i > j else 'j'} here, the larger "
+             "of the two): two subspaces of sizes i < j can overlap completely (φ = 1)."),
             (float(np.linalg.norm(M) / min(i, j)), "Square the Frobenius norm: φ uses ||U1ᵀ U2||_F²."),
             (float(np.sum(np.abs(M)) / min(i, j)), "Use the squared Frobenius norm (sum of squares), not the sum of "
                                                    "absolute values."),
