@@ -34,7 +34,7 @@ CHAPTERS: tuple[Chapter, ...] = (
             "build, initialise, scale, merge and save a LoRA layer, and match PEFT (+ an optional deep dive)", 135,
             "optional: runs on CPU, uses a GPU when present"),
     Chapter("06", "06_lora_finetuning.ipynb", "Fine-tuning with LoRA",
-            "fine-tune a small transformer with LoRA, sweep r, measure the rank of ΔW", 60,
+            "fine-tune a small transformer with LoRA, sweep r, measure the rank of ΔW", 120,
             "optional: a larger configuration runs on a GPU; recorded GPU results are shown"),
     Chapter("07", "07_lora_on_gpu.ipynb", "LoRA on a GPU",
             "predict and measure memory, explain and reduce LoRA's training overhead", 80,

@@ -1877,6 +1877,25 @@ def paired_difference(a: Mapping[str, Any], b: Mapping[str, Any], metric: str = 
             "positive": sum(d > 0 for d in diffs), "negative": sum(d < 0 for d in diffs)}
 
 
+def unpaired_difference(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
+    """``mean(a) − mean(b)`` for two groups of seeds that share nothing (say a fine-tuning run and a null trained
+    on other data), with the 95 % Student-t half-width of the pooled two-sample interval:
+    ``t_{0.975, na+nb−2} · s_p · sqrt(1/na + 1/nb)``, ``s_p² = ((na−1) s_a² + (nb−1) s_b²) / (na + nb − 2)``.
+
+    Returns ``{"mean", "ci", "n": (na, nb)}``. Where the seeds do pair the two groups, :func:`paired_difference`
+    gives the narrower, right interval.
+    """
+    xa, xb = (np.asarray(v, dtype=np.float64).ravel() for v in (a, b))
+    for name, x in (("a", xa), ("b", xb)):
+        if x.size < 2 or not np.all(np.isfinite(x)):
+            raise ValueError(f"{name} must hold at least 2 finite values, got {x.tolist()!r}.")
+    df = xa.size + xb.size - 2
+    pooled = ((xa.size - 1) * xa.var(ddof=1) + (xb.size - 1) * xb.var(ddof=1)) / df
+    t = _T95[df - 1] if df <= len(_T95) else 1.96
+    return {"mean": float(xa.mean() - xb.mean()), "ci": float(t * math.sqrt(pooled * (1 / xa.size + 1 / xb.size))),
+            "n": (int(xa.size), int(xb.size))}
+
+
 def _rsl_rule(label: str) -> tuple[str, int] | None:
     """``"LoRA r=8"`` -> ``("alpha/r", 8)``, ``"rsLoRA r=8"`` -> ``("alpha/sqrt(r)", 8)``; else None."""
     for prefix, rule in (("LoRA r=", "alpha/r"), ("rsLoRA r=", "alpha/sqrt(r)")):
