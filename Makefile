@@ -12,6 +12,10 @@ PORT   ?= 8888
 LAB_ARGS ?=
 # PYTEST_ARGS: extra flags for pytest, e.g. `make test PYTEST_ARGS="-x -k rank"`
 PYTEST_ARGS ?=
+# TEST_JOBS: how many pytest processes `make test` runs side by side (pytest-xdist). Each test file stays
+# in one process (--dist loadfile): a notebook's cells share one kernel, a module's fixtures are built
+# once. Two fit CI's 2 cores (every notebook kernel uses one thread); TEST_JOBS=0 runs in this process.
+TEST_JOBS ?= 2
 
 LAB_OVERRIDES := $(VENV)/share/jupyter/lab/settings/overrides.json
 
@@ -80,7 +84,7 @@ progress: venv
 	$(BIN)/python -m lora_edu.progress workbook
 
 test: venv
-	$(BIN)/python -m pytest tests notebooks $(NBVAL_FLAGS) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests notebooks $(NBVAL_FLAGS) -n $(TEST_JOBS) --dist loadfile $(PYTEST_ARGS)
 
 unit: venv
 	$(BIN)/python -m pytest tests $(PYTEST_ARGS)

@@ -21,7 +21,11 @@ A student's notebook is code the instructor has never read. nbgrader runs it in 
   ``file_size_limit``, no core dumps;
 - with **a clean environment**: only the variables in :data:`PASSED_ENV` (locale, the course's
   ``LORA_EDU_*`` and thread settings) and a fixed ``HOME``/``USER``; never the grader's tokens;
-  numerical libraries use ``threads`` threads (1: predictable times on a busy machine).
+  numerical libraries use ``threads`` threads (1: predictable times on a busy machine);
+- with **names for the loopback only**: an ``/etc/hosts`` of its own (``localhost`` and the sandbox's
+  host name ``grading`` are 127.0.0.1) and an ``/etc/nsswitch.conf`` that looks names up in that
+  file alone. Chapter 08 starts two processes that meet on ``localhost`` (``torchrun --standalone``);
+  without these files ``localhost`` does not resolve and the job fails or waits until its timeout.
 
 The kernel talks to nbgrader through Unix sockets (Jupyter's ``ipc`` transport) in a private
 folder made for this one kernel, the only host folder it can write to (the sockets live there);
@@ -155,6 +159,22 @@ def supports_tmpfs_size(bwrap: str = "bwrap") -> bool:
     return "--size" in out.stdout + out.stderr
 
 
+# The sandbox's own name files (written into the kernel's private folder, bound read-only over /etc).
+HOSTS = "127.0.0.1 localhost grading\n::1 localhost ip6-localhost ip6-loopback\n"
+NSSWITCH = "hosts: files\n"
+
+
+def _name_files(ipc_dir: str) -> list[str]:
+    """bwrap arguments binding the sandbox's ``/etc/hosts`` and ``/etc/nsswitch.conf`` (written here)."""
+    folder = Path(ipc_dir) / "etc"
+    folder.mkdir(exist_ok=True)
+    args = []
+    for name, text in (("hosts", HOSTS), ("nsswitch.conf", NSSWITCH)):
+        (folder / name).write_text(text)
+        args += ["--ro-bind", str(folder / name), f"/etc/{name}"]
+    return args
+
+
 def sandbox_command(kernel_cmd: list[str], ipc_dir: str, *, env: dict[str, str], memory_limit: int,
                     address_limit: int, file_size_limit: int, tmp_size: int | None, bwrap: str = "bwrap",
                     ro_paths: list[str] | None = None, font_cache: str | None = None) -> list[str]:
@@ -166,7 +186,7 @@ def sandbox_command(kernel_cmd: list[str], ipc_dir: str, *, env: dict[str, str],
     size = ["--size", str(tmp_size)] if tmp_size else []
     args = [bwrap, "--unshare-all", "--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
             "--disable-userns", "--die-with-parent", "--cap-drop", "ALL", "--hostname", "grading"]
-    args += _host_layout()
+    args += _host_layout() + _name_files(ipc_dir)
     for path in course_paths() if ro_paths is None else ro_paths:
         args += ["--ro-bind", os.path.realpath(path), path]
     args += ["--proc", "/proc", "--dev", "/dev", *size, "--tmpfs", "/dev/shm", *size, "--tmpfs", "/tmp",

@@ -1,4 +1,11 @@
-"""Shared pytest configuration: the `gpu` marker skips (with a reason) where CUDA is missing."""
+"""Shared pytest configuration: the `gpu` marker skips (with a reason) where CUDA is missing, and the
+headless Chromium of tests/test_browser.py and tests/test_site.py.
+
+Playwright's sync API runs an event loop in the test process for as long as ``sync_playwright()`` is
+open. A second ``sync_playwright()`` then fails ("using Playwright Sync API inside the asyncio loop"), and
+so does any ``asyncio.run`` of a later test (tests/test_assignments.py has some). So the browser lives
+for one test module only (fixture ``chromium``): it is closed before the next module starts, whatever
+order the modules run in (pytest-xdist hands each process its own order)."""
 from __future__ import annotations
 
 import pytest
@@ -19,3 +26,16 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="module")
+def chromium(chromium_path):
+    """A headless Chromium (a Playwright ``Browser``) for one test module; its tests open contexts in it."""
+    from playwright.sync_api import sync_playwright
+
+    from test_browser import CHROMIUM_FLAGS
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium_path, headless=True, args=CHROMIUM_FLAGS)
+        yield browser
+        browser.close()

@@ -188,18 +188,13 @@ def lab(chromium_path, tmp_path_factory):
     log.close()
 
 
-@pytest.fixture(scope="session")
-def browser_context(chromium_path):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=chromium_path, headless=True, args=CHROMIUM_FLAGS)
-        # One context for all notebooks: its HTTP cache keeps JupyterLab's scripts between pages.
-        context = b.new_context(viewport=VIEWPORT)
-        context.add_init_script(path=str(HELPERS_JS))
-        yield context
-        context.close()
-        b.close()
+@pytest.fixture(scope="module")
+def browser_context(chromium):
+    # One context for all notebooks: its HTTP cache keeps JupyterLab's scripts between pages.
+    context = chromium.new_context(viewport=VIEWPORT)
+    context.add_init_script(path=str(HELPERS_JS))
+    yield context
+    context.close()
 
 
 @pytest.fixture(scope="session")

@@ -39,3 +39,18 @@ def test_without_chromium_under_ci_the_browser_test_fails(tmp_path, ci):
     assert result.returncode != 0
     assert "browser test cannot run under CI=true" in result.stdout
     assert "chromium is not on PATH" in result.stdout
+
+
+def test_a_browser_module_leaves_no_event_loop_to_the_modules_after_it(tmp_path):
+    """Under pytest-xdist a process may run tests/test_site.py (headless Chromium through Playwright's sync
+    API) before tests/test_assignments.py, whose tests call ``asyncio.run``. While a ``sync_playwright()``
+    is open its event loop counts as running, and ``asyncio.run`` fails; with a browser kept for the whole
+    session both of these tests failed. The browser now closes with its module (tests/conftest.py)."""
+    if subprocess.run(["which", "chromium"], capture_output=True).returncode != 0:
+        pytest.skip("needs chromium (tests/test_browser.py says how to install it)")
+    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+                             str(ROOT / "tests" / "test_site.py"), str(ROOT / "tests" / "test_assignments.py"),
+                             "-k", "test_page_in_chromium and index or test_sliced_get_msg"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "3 passed" in result.stdout, result.stdout[-2000:]

@@ -281,19 +281,42 @@ def test_describe_exit_reads_bwraps_status():
 # The sandbox and the configuration
 
 
-def test_sandbox_shows_the_course_environment_but_not_the_course():
+def test_sandbox_shows_the_course_environment_but_not_the_course(tmp_path):
     paths = sandbox.course_paths()
     assert sys.prefix in paths or any(sys.prefix.startswith(p + os.sep) for p in paths)
     assert str(ROOT / "lora_edu") in paths
     for secret in (ROOT, ROOT / "course", ROOT / "notebooks", ROOT / "student", Path.home()):
         assert str(secret) not in paths, f"{secret} must not be visible to student code"
-    cmd = sandbox.sandbox_command(["python", "-m", "ipykernel_launcher"], "/tmp/ipc", env={"A": "1"},
+    ipc = str(tmp_path)
+    cmd = sandbox.sandbox_command(["python", "-m", "ipykernel_launcher"], ipc, env={"A": "1"},
                                   memory_limit=1, address_limit=2, file_size_limit=3, tmp_size=4)
     assert {"--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--clearenv"} <= set(cmd)
     assert "--share-net" not in cmd and cmd[cmd.index("--cap-drop") + 1] == "ALL"
     binds = [cmd[i + 2] for i, a in enumerate(cmd) if a == "--bind"]
-    assert binds == ["/tmp/ipc"], "the kernel's socket folder is the only writable host folder"
+    assert binds == [ipc], "the kernel's socket folder is the only writable host folder"
     assert cmd[-3:] == ["--", "python", "-m", "ipykernel_launcher"][-3:]
+
+
+def run_in_sandbox(code: str, folder: Path, timeout: float = 60) -> subprocess.CompletedProcess:
+    """``python -c code`` in the grading sandbox (with the course's limits), ``folder`` as its private folder."""
+    cmd = sandbox.sandbox_command([sys.executable, "-c", code], str(folder), env=sandbox.sandbox_env(dict(os.environ)),
+                                  memory_limit=2 * sandbox.GiB, address_limit=64 * sandbox.GiB,
+                                  file_size_limit=16 * sandbox.MiB, tmp_size=None)
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=folder)
+
+
+def test_processes_in_the_sandbox_meet_on_localhost(tmp_path):
+    """Chapter 08's two processes meet on ``localhost`` (torchrun --standalone). Before the sandbox had an
+    /etc/hosts of its own, ``localhost`` did not resolve there, and the chapter's cells waited 120 s each."""
+    require_sandbox()
+    code = ("import socket\n"
+            "server = socket.create_server(('localhost', 0))\n"
+            "client = socket.create_connection(('localhost', server.getsockname()[1]), timeout=5)\n"
+            "peer, _ = server.accept(); client.sendall(b'hello'); print(peer.recv(5).decode(), socket.getfqdn())\n"
+            "print(socket.getaddrinfo(socket.gethostname(), 0)[0][4][0])")
+    out = run_in_sandbox(code, tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["hello", "localhost", "127.0.0.1"]
 
 
 def test_sandbox_env_keeps_no_secrets():

@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 import install_cell  # noqa: E402
 # chromium_path: the browser test's fixture (skip with advice, or fail under CI=true, where chromium is missing)
-from test_browser import CHROMIUM_FLAGS, chromium_path  # noqa: E402,F401
+from test_browser import chromium_path  # noqa: E402,F401
 
 from lora_edu.course import CHAPTERS  # noqa: E402
 
@@ -213,15 +213,10 @@ class QuietHandler(http.server.SimpleHTTPRequestHandler):
 
 
 @pytest.fixture(scope="module")
-def browser(chromium_path):
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=chromium_path, headless=True, args=CHROMIUM_FLAGS)
-        context = b.new_context(viewport={"width": 1280, "height": 900})
-        yield context
-        context.close()
-        b.close()
+def browser(chromium):
+    context = chromium.new_context(viewport={"width": 1280, "height": 900})
+    yield context
+    context.close()
 
 
 def _open(context, url: str):

@@ -54,6 +54,8 @@ MAKE_ENV = {"LORA_EDU_DEVICE": "cpu", "IPYKERNEL_CELL_NAME": "<IPY-INPUT>", "PYT
             "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
 # grade id -> (a typical wrong answer, a piece of the feedback it must get)
 KNOWN_WRONG = {
+    # the check reads the picture word inside a phrase, so the generated "plane (changed)" is still right
+    "ch01-picture": ('column_space = "line"', "columns 1 and 2 point in different directions"),
     "ch00-batch-forward": ("def lora_forward_batch(X, W0, A, B, alpha, r):\n"
                            "    return X @ W0.T + alpha * (X @ A.T @ B.T)  # the seed's scaling", "as the seed blog post does"),
 }
