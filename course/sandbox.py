@@ -187,10 +187,11 @@ def sandbox_command(kernel_cmd: list[str], ipc_dir: str, *, env: dict[str, str],
     args = [bwrap, "--unshare-all", "--unshare-user", "--uid", str(SANDBOX_UID), "--gid", str(SANDBOX_UID),
             "--disable-userns", "--die-with-parent", "--cap-drop", "ALL", "--hostname", "grading"]
     args += _host_layout() + _name_files(ipc_dir)
-    for path in course_paths() if ro_paths is None else ro_paths:
-        args += ["--ro-bind", os.path.realpath(path), path]
     args += ["--proc", "/proc", "--dev", "/dev", *size, "--tmpfs", "/dev/shm", *size, "--tmpfs", "/tmp",
              "--dir", INSIDE_HOME, "--dir", INSIDE_WORK]
+    # After the scratch /tmp, not before: a checkout under /tmp (a CI clone, say) would be hidden by it.
+    for path in course_paths() if ro_paths is None else ro_paths:
+        args += ["--ro-bind", os.path.realpath(path), path]
     if font_cache:
         args += ["--ro-bind", font_cache, f"{INSIDE_HOME}/.cache/matplotlib/{os.path.basename(font_cache)}"]
     args += ["--bind", ipc_dir, ipc_dir, "--remount-ro", "/dev", "--remount-ro", "/", "--chdir", INSIDE_WORK,

@@ -23,6 +23,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -297,12 +298,27 @@ def test_sandbox_shows_the_course_environment_but_not_the_course(tmp_path):
     assert cmd[-3:] == ["--", "python", "-m", "ipykernel_launcher"][-3:]
 
 
-def run_in_sandbox(code: str, folder: Path, timeout: float = 60) -> subprocess.CompletedProcess:
-    """``python -c code`` in the grading sandbox (with the course's limits), ``folder`` as its private folder."""
+def run_in_sandbox(code: str, folder: Path, timeout: float = 60, ro_paths: list[str] | None = None
+                   ) -> subprocess.CompletedProcess:
+    """``python -c code`` in the grading sandbox (with the course's limits), ``folder`` as its private folder;
+    ``ro_paths``: the host folders it sees (default: the course's, :func:`sandbox.course_paths`)."""
     cmd = sandbox.sandbox_command([sys.executable, "-c", code], str(folder), env=sandbox.sandbox_env(dict(os.environ)),
                                   memory_limit=2 * sandbox.GiB, address_limit=64 * sandbox.GiB,
-                                  file_size_limit=16 * sandbox.MiB, tmp_size=None)
+                                  file_size_limit=16 * sandbox.MiB, tmp_size=None, ro_paths=ro_paths)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=folder)
+
+
+def test_a_course_under_tmp_is_visible_in_the_sandbox(tmp_path):
+    """A checkout under /tmp (a CI clone in /tmp/...) is bound after the sandbox's own /tmp, not hidden by
+    it: before, every grading test failed in a clone under /tmp."""
+    require_sandbox()
+    with tempfile.TemporaryDirectory(dir="/tmp", prefix="clone-") as clone:
+        course = Path(clone) / "lora_edu"
+        course.mkdir()
+        (course / "marker.txt").write_text("seen")
+        paths = [*sandbox.course_paths(), str(course)]
+        out = run_in_sandbox(f"print(open({str(course / 'marker.txt')!r}).read())", tmp_path, ro_paths=paths)
+    assert out.returncode == 0 and out.stdout.strip() == "seen", out.stderr[-2000:]
 
 
 def test_processes_in_the_sandbox_meet_on_localhost(tmp_path):
