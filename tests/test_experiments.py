@@ -953,6 +953,7 @@ def test_chapter_06_findings_hold_in_the_recorded_grid(recorded):
     assert (round(-steps["reverse+1"]["mean"]), round(steps["reverse+1"]["ci"]), steps["reverse+1"]["negative"]) == (38, 28, 5)
     assert [t for t, d in steps.items() if _side(d) != "0"] == ["reverse+1"]
     assert m["remap-16"]["full"]["reached_99"] == 5 and m["remap-16"]["LoRA r=8"]["reached_99"] == 1
+    assert record["settings"]["eval_every"] == 10                            # "(every 10 steps)"
     assert all(99 <= m[t]["head"]["em"] < 100 and m[t]["head"]["succeeded"] == 5 for t in SYMBOL_TASKS)
     assert m["swap+1"]["head"]["succeeded"] == 0 and m["swap+1"]["head"]["em"] < 1
     assert m["reverse+1"]["head"]["trainable_params"] == 1472
