@@ -1394,16 +1394,26 @@ def null_runs(settings: GridSettings = GridSettings(), long: bool = False) -> li
 
 
 LOSS_CAP = 1e12     # a diverged run's loss (inf or nan) counts as this: the worst, but a number to average
+LOSS_FLOOR = 1e-6   # the resolution of a held-out loss: below it, float32 cross-entropy is rounding, not learning
 
 
 def _capped(loss: float) -> float:
-    """``loss`` clipped to ``[1e-12, LOSS_CAP]``; a non-finite loss (a run that diverged) becomes ``LOSS_CAP``."""
-    return min(max(loss, 1e-12), LOSS_CAP) if math.isfinite(loss) else LOSS_CAP
+    """``loss`` clipped to ``[LOSS_FLOOR, LOSS_CAP]``; a non-finite loss (a run that diverged) becomes ``LOSS_CAP``.
+
+    Why a floor of 1e-6 before any log: the held-out loss is a mean of float32 cross-entropies, and a token's
+    cross-entropy below about 1e-6 nats is ``-log(1 - ε)`` with ε near float32's rounding step (6e-8 relative
+    to a probability of 1); a run can report exactly 0.0. Below the floor, differences are rounding, not
+    learning — but on a log scale they are decades: without it, two seeds at 0.0 (clipped to 1e-12) would pull
+    the mean log loss of a setting down by many decades and win the rate choice for a rate that is worse on the
+    test set. So the rate choice (:func:`_best_lrs`) and every log10 loss that paired/unpaired differences
+    compare (:func:`summarize_runs`) use this floor."""
+    return min(max(loss, LOSS_FLOOR), LOSS_CAP) if math.isfinite(loss) else LOSS_CAP
 
 
 def _best_lrs(results: Sequence[Mapping[str, Any]], lr_grid: Mapping[str, Sequence[float]]
               ) -> dict[str, dict[str, Any]]:
-    """For each label, the learning rate with the lowest mean log validation loss over seeds.
+    """For each label, the learning rate with the lowest mean log validation loss over seeds, each loss floored
+    at :data:`LOSS_FLOOR` first (:func:`_capped` says why: a seed at 0.0 must not decide the rate).
 
     ``lr_grid`` maps a label (or, in older records, a method) to the rates swept for it. ``edge``: the best rate
     is the smallest or the largest swept (``edge_side`` says which: ``"low"``/``"high"``); ``lr_spread``: how
@@ -1414,7 +1424,7 @@ def _best_lrs(results: Sequence[Mapping[str, Any]], lr_grid: Mapping[str, Sequen
     method: dict[str, str] = {}
     for res in results:
         by.setdefault(res["label"], {}).setdefault(res["lr"], []).append(math.log(_capped(res["val_loss"])))
-        method[res["label"]] = res["method"]
+        method[res["label"]] = res.get("method", res["label"])
     out = {}
     for label, per_lr in by.items():
         means = {lr: float(np.mean(v)) for lr, v in per_lr.items()}
@@ -1830,7 +1840,8 @@ def summarize_runs(runs: Sequence[Mapping[str, Any]], threshold: float = 99.0) -
     exact match (%), the geometric-mean test loss, how many seeds reached 99 % validation exact match (with
     the median step), how many ended with a test exact match of at least ``threshold`` (``succeeded``), how
     many diverged (a non-finite loss, counted as :data:`LOSS_CAP`), and the per-seed values (``seeds``,
-    ``em_seeds``, ``log10_loss_seeds``) for paired comparisons."""
+    ``em_seeds``, ``log10_loss_seeds``, ``steps_to_99_seeds``: None where a seed never reached 99 % validation
+    exact match) for paired comparisons. Losses are floored at :data:`LOSS_FLOOR` before the log (:func:`_capped`)."""
     if not runs:
         raise ValueError("runs is empty: there is nothing to summarise.")
     runs = sorted(runs, key=lambda r: r.get("seed", 0))
@@ -1845,7 +1856,7 @@ def summarize_runs(runs: Sequence[Mapping[str, Any]], threshold: float = 99.0) -
             "pretrain_em": float(np.mean([r["pretrain_em"] for r in runs])),
             "trainable_params": runs[0].get("trainable_params"),
             "seeds": [r.get("seed") for r in runs], "em_seeds": [r["test_em"] for r in runs],
-            "log10_loss_seeds": logs}
+            "log10_loss_seeds": logs, "steps_to_99_seeds": [r.get("steps_to_99") for r in runs]}
 
 
 def smallest_reaching(values: Mapping[int, float], threshold: float) -> int | None:
@@ -1953,14 +1964,28 @@ def grid_summary(record: Mapping[str, Any], threshold: float = 99.0, rs_ranks: S
     cont = record.get("continued_pretraining") or {}
     for task, entry in record["tasks"].items():
         methods = {}
+        table = run_table(entry.get("runs", []))
+        # the rate is chosen again here, from every run's validation loss, with the floor of _capped: a record
+        # written before the floor existed stored a choice that seeds at 0.0 could make (its "lr" is ignored)
+        swept = {label: sorted(float(lr) for lr in b["mean_log_val_loss"]) for label, b in entry["best"].items()}
+        chosen = _best_lrs([x for x in table if x["label"] in swept], swept) if table else {}
         for label, b in entry["best"].items():
-            means = {float(lr): v for lr, v in b["mean_log_val_loss"].items()}
-            lrs = sorted(means)
-            side = b.get("edge_side")
-            if "edge_side" not in b and b["edge"]:
-                side = "low" if b["lr"] == lrs[0] else "high"
-            methods[label] = {**summarize_runs(b["runs"], threshold), "lr": b["lr"], "lrs": lrs, "edge": b["edge"],
-                              "edge_side": side, "lr_spread": max(means.values()) - min(means.values())}
+            c = chosen.get(label)
+            if c is None:                                   # an old record without the run table
+                means = {float(lr): v for lr, v in b["mean_log_val_loss"].items()}
+                side = b.get("edge_side")
+                if "edge_side" not in b and b["edge"]:
+                    side = "low" if b["lr"] == min(means) else "high"
+                c = {"lr": b["lr"], "edge": b["edge"], "edge_side": side,
+                     "mean_log_val_loss": {str(lr): v for lr, v in sorted(means.items())}}
+            runs = b["runs"]
+            if c["lr"] != b["lr"]:                          # the floor moved the choice: that rate's runs
+                params = run_table(b["runs"])[0].get("trainable_params") if b["runs"] else None
+                runs = [{**x, "trainable_params": params} for x in table if x["label"] == label and x["lr"] == c["lr"]]
+            means = {float(lr): v for lr, v in c["mean_log_val_loss"].items()}
+            methods[label] = {**summarize_runs(runs, threshold), "lr": c["lr"], "lrs": sorted(means),
+                              "edge": c["edge"], "edge_side": c["edge_side"], "recorded_lr": b["lr"],
+                              "mean_log_val_loss": means, "lr_spread": max(means.values()) - min(means.values())}
         by_rule: dict[str, dict[int, dict[str, Any]]] = {"alpha/r": {}, "alpha/sqrt(r)": {}}
         for label, m in methods.items():
             rule = _rsl_rule(label)
@@ -2012,15 +2037,13 @@ def grid_summary(record: Mapping[str, Any], threshold: float = 99.0, rs_ranks: S
             phi_ci[slot] = {kind: _ci(v) for kind, v in values.items()}
         lora_vs_full = {ref: {slot: {metric: _ci(v) for metric, v in per.items()} for slot, per in slots.items()}
                         for ref, slots in entry.get("lora_vs_full", {}).items()}
-        table = run_table(entry.get("runs", []))
         ranks = (sorted(set(by_rule["alpha/r"]) & set(by_rule["alpha/sqrt(r)"])) if rs_ranks is None
                  else sorted(rs_ranks))
         scaling: dict[str, Any] = {}
         for rule, prefix in (("alpha/r", "LoRA r="), ("alpha/sqrt(r)", "rsLoRA r=")):
             if not ranks or any(r not in by_rule[rule] for r in ranks):
                 continue
-            val = {r: {float(lr): v for lr, v in entry["best"][f"{prefix}{r}"]["mean_log_val_loss"].items()}
-                   for r in ranks}
+            val = {r: dict(methods[f"{prefix}{r}"]["mean_log_val_loss"]) for r in ranks}
             lrs = sorted(set.intersection(*(set(v) for v in val.values())))
             one = min(lrs, key=lambda lr: np.mean([val[r][lr] for r in ranks]))
             at_one = {r: [math.log10(_capped(x["test_loss"])) for x in table

@@ -255,6 +255,19 @@ def test_smallest_rank(capsys):
         check_smallest_rank(None, SCORES, 99.0)
 
 
+
+def test_smallest_rank_counts_the_seeds_that_pull_a_mean_down(capsys):
+    # chapter 06's swap+1 with α/r: r = 64's mean is below 95 % because of two seeds, not one
+    scores = {16: 96.0, 32: 97.0, 64: 71.67}
+    check_smallest_rank(16, scores, 95.0, seeds={64: [99.75, 100.0, 21.95, 99.5, 37.15]})
+    out = capsys.readouterr().out
+    assert "2 of its 5 seeds end below 95.0% (21.9%, 37.1%)" in out
+    assert "one seed" not in out
+    check_smallest_rank(16, scores, 95.0)                                  # without the seeds: no count claimed
+    out = capsys.readouterr().out
+    assert "falls below it again" in out and "one seed" not in out
+
+
 # --------------------------------------------------------------------------- energy
 
 
@@ -277,6 +290,12 @@ def test_energy_fraction_right(capsys):
 def test_energy_fraction_slips(fn, match):
     with pytest.raises(Feedback, match=match):
         check_energy_fraction(fn)
+
+
+def test_energy_fraction_feedback_names_the_learners_function():
+    with pytest.raises(Feedback, match=r"my_energy_fraction\(S, 1\)") as info:
+        check_energy_fraction(lambda S, k: 0.5)
+    assert " energy_fraction(" not in f" {info.value}".replace("my_energy_fraction", "")
 
 
 # --------------------------------------------------------------------------- LoRA's ΔW

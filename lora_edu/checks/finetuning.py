@@ -291,8 +291,10 @@ def check_edge_rates(answer: Any, sweeps: Mapping[str, Mapping[float, float]]) -
 
 
 @exercise
-def check_smallest_rank(answer: Any, scores: Mapping[int, float], threshold: float = 99.0) -> None:
-    """The smallest r in ``scores`` (r -> mean exact match, %) whose score is at least ``threshold``."""
+def check_smallest_rank(answer: Any, scores: Mapping[int, float], threshold: float = 99.0,
+                        seeds: Mapping[int, Sequence[float]] | None = None) -> None:
+    """The smallest r in ``scores`` (r -> mean exact match, %) whose score is at least ``threshold``. ``seeds``
+    (optional, r -> each seed's exact match) lets the message say how many seeds pull a larger r back below."""
     require_answer(answer, "smallest_good_r")
     good = sorted(r for r, s in scores.items() if s >= threshold)
     if not good:
@@ -313,7 +315,16 @@ def check_smallest_rank(answer: Any, scores: Mapping[int, float], threshold: flo
     if answer < expected:
         raise Feedback(f"r = {answer} scores {scores[answer]:.1f}%, below {threshold}%.")
     above = [r for r in scores if r > expected and scores[r] < threshold]
-    note = f" (and r = {above[0]} falls below it again: one seed's bad luck moves a mean of five)" if above else ""
+    note = ""
+    if above:
+        r = above[0]
+        values = list((seeds or {}).get(r, ()))
+        if values:
+            low = [round(float(v), 1) for v in values if v < threshold]
+            note = (f" (and r = {r} falls below it again: {len(low)} of its {len(values)} seeds end below "
+                    f"{threshold}% ({', '.join(f'{v:g}%' for v in low)}) and pull its mean down)")
+        else:
+            note = f" (and r = {r} falls below it again: a few bad seeds move a mean of five)"
     passed(f"r = {expected} is the smallest rank with a mean of at least {threshold}% ({scores[expected]:.1f}%)"
            f"{note}.")
 
@@ -322,18 +333,19 @@ def check_smallest_rank(answer: Any, scores: Mapping[int, float], threshold: flo
 
 
 @exercise
-def check_energy_fraction(fn: Callable) -> None:
-    """``fn(S, k)``: the share of Σσ² held by the top k singular values (S sorted largest first)."""
-    _function(fn, "energy_fraction", "(S, k)")
+def check_energy_fraction(fn: Callable, name: str = "my_energy_fraction") -> None:
+    """``fn(S, k)``: the share of Σσ² held by the top k singular values (S sorted largest first); ``name``: what the
+    learner's function is called in the notebook (the feedback names it)."""
+    _function(fn, name, "(S, k)")
     S = np.array([4.0, 2.0, 1.0, 1.0, 0.5])
     total = float(np.sum(S ** 2))
     for k in (1, 2, 4):
         expected = float(np.sum(S[:k] ** 2) / total)
-        got = _call(fn, "energy_fraction", S.copy(), k)
+        got = _call(fn, name, S.copy(), k)
         try:
             got = float(got)
         except (TypeError, ValueError):
-            raise Feedback(f"`energy_fraction(S, {k})` should return one number, not {type(got).__name__}.") from None
+            raise Feedback(f"`{name}(S, {k})` should return one number, not {type(got).__name__}.") from None
         if math.isclose(got, expected, rel_tol=1e-6):
             continue
         slips = [
@@ -350,8 +362,8 @@ def check_energy_fraction(fn: Callable) -> None:
         ]
         for wrong, message in slips:
             if math.isclose(got, wrong, rel_tol=1e-6):
-                raise Feedback(f"energy_fraction(S, {k}) = {got:.4f} for S = {S.tolist()}. {message}")
-        raise Feedback(f"energy_fraction(S, {k}) should be {expected:.4f} for S = {S.tolist()}, got {got:.4f}.")
+                raise Feedback(f"{name}(S, {k}) = {got:.4f} for S = {S.tolist()}. {message}")
+        raise Feedback(f"{name}(S, {k}) should be {expected:.4f} for S = {S.tolist()}, got {got:.4f}.")
     passed("the top k directions hold Σ_{i≤k} σ_i² / Σ σ_i² of the energy — e.g. 16/22.25 = 0.72 for the top one "
            "of [4, 2, 1, 1, 0.5].")
 
