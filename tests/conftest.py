@@ -19,19 +19,7 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-# The longest test files, longest first (about 2-4 minutes each on 2 cores). pytest-xdist (`make test`) hands
-# whole files to its two processes in collection order; starting with these keeps one long file from
-# running alone at the end while the other process waits.
-LONGEST_FIRST = ("test_browser.py", "test_wheel.py", "test_assignments.py", "test_grading.py", "test_workbooks.py")
-
-
-def _file_rank(item) -> int:
-    name = item.path.name
-    return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
-
-
 def pytest_collection_modifyitems(config, items):
-    items.sort(key=_file_rank)  # stable: the order inside each file (and each notebook's cells) stays
     if _cuda_available():
         return
     skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU (none found); run `pytest -m gpu` on a machine with one")

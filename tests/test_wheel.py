@@ -13,8 +13,8 @@
    notebook lacks it) printed nothing.
 
 Two notebooks run at a time, each kernel on one thread (``OMP_NUM_THREADS=1``), which on a 2-core
-machine takes about half the time of one at a time (also under ``make test``'s two processes: tests/conftest.py
-starts this file first, beside the browser test). ``LORA_EDU_WHEEL_JOBS=<n>`` changes the number;
+machine takes about half the time of one at a time; one at a time under ``make test``, whose other
+test process (pytest-xdist) already uses the second core. ``LORA_EDU_WHEEL_JOBS=<n>`` changes the number;
 ``LORA_EDU_WHEEL_NOTEBOOKS=<folder>`` runs the notebooks of another folder (a scratch copy) instead.
 """
 from __future__ import annotations
@@ -42,7 +42,7 @@ NOTEBOOK_DIR = Path(os.environ.get("LORA_EDU_WHEEL_NOTEBOOKS") or ROOT / "notebo
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("[0-9][0-9]_*.ipynb"))
 KERNEL = "lora-edu-wheel"
 CELL_TIMEOUT_S = 600
-JOBS = int(os.environ.get("LORA_EDU_WHEEL_JOBS", "2"))
+JOBS = int(os.environ.get("LORA_EDU_WHEEL_JOBS", "1" if os.environ.get("PYTEST_XDIST_WORKER") else "2"))
 PROBE = ("import json as _json, lora_edu as _lora_edu, lora_edu.results as _results\n"
          "print(_json.dumps({'package': _lora_edu.__file__, 'results': str(_results.results_dir())}))")
 
