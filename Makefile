@@ -14,7 +14,8 @@ LAB_ARGS ?=
 PYTEST_ARGS ?=
 # TEST_JOBS: how many pytest processes `make test` runs side by side (pytest-xdist). Each test file stays
 # in one process (--dist loadfile): a notebook's cells share one kernel, a module's fixtures are built
-# once. Two fit CI's 2 cores (every notebook kernel uses one thread); TEST_JOBS=0 runs in this process.
+# once; files go out in collection order, the longest first (tests/conftest.py). Two fit CI's 2 cores
+# (every notebook kernel uses one thread); TEST_JOBS=0 runs in this process.
 TEST_JOBS ?= 2
 
 LAB_OVERRIDES := $(VENV)/share/jupyter/lab/settings/overrides.json
@@ -86,7 +87,7 @@ progress: venv
 	$(BIN)/python -m lora_edu.progress workbook
 
 test: venv
-	$(BIN)/python -m pytest tests notebooks $(NBVAL_FLAGS) -n $(TEST_JOBS) --dist loadfile $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests notebooks $(NBVAL_FLAGS) -n $(TEST_JOBS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 unit: venv
 	$(BIN)/python -m pytest tests $(PYTEST_ARGS)
