@@ -1271,13 +1271,14 @@ def main(argv: list[str] | None = None) -> int:
         "configs": {k: {"adapter_dtype": str(v["adapter_dtype"]).replace("torch.", "") if v["adapter_dtype"] else None,
                         "dropout": v["dropout"], "autocast": v["autocast"], "about": v["about"]}
                     for k, v in CONFIGS.items()},
-        "cache_regime": "warm: the same x and g every call, no L2 flush; interleaved call by call in a shuffled order",
+        "cache_regime": "warm: the same x and g every call, no L2 flush; graph replays interleaved call by call in "
+                        "a shuffled order, eager calls in a steady-state loop per method (eager_timing)",
         "triton_config": fused_mod._kernels().CONFIG if fused_mod._kernels() is not None else None,
         "rule": {"auto": "fused on CUDA, reference elsewhere", "triton": "opt-in (LORA_EDU_TRITON=1)"},
         "default_fused_method": "lora_fused",
         # the back-end LoRALinear(impl="fused") ran in each layer comparison (records "lora_fused"); the
-        # recording of 2026-11-30 predates this field, and its d = 4096, r = 8 "lora_fused" records ran
-        # the Triton kernels under the rule of that day (settings["rule_as_recorded"])
+        # recording of commit d768cfa predates this field, and its d = 4096, r = 8 "lora_fused" records ran
+        # the Triton kernels under the rule of that day
         "fused_backends": fused_backends(groups, dtype),
         "eager_timing": "steady-state loop per method (steady_iters calls between two CUDA events, "
                         "steady_rounds rounds in a shuffled order)",

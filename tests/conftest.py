@@ -1,5 +1,6 @@
 """Shared pytest configuration: the `gpu` marker skips (with a reason) where CUDA is missing, and the
-headless Chromium of tests/test_browser.py and tests/test_site.py.
+headless Chromium of tests/test_browser.py and tests/test_site.py (``chromium_path``: where chromium is
+missing, skip with advice, or fail under CI=true; ``chromium``: one browser per module).
 
 Playwright's sync API runs an event loop in the test process for as long as ``sync_playwright()`` is
 open. A second ``sync_playwright()`` then fails ("using Playwright Sync API inside the asyncio loop"), and
@@ -8,7 +9,14 @@ for one test module only (fixture ``chromium``): it is closed before the next mo
 order the modules run in (pytest-xdist hands each process its own order)."""
 from __future__ import annotations
 
+import os
+import shutil
+
 import pytest
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--no-first-run", "--disable-quic"]
 
 
 def _cuda_available() -> bool:
@@ -41,12 +49,37 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_gpu)
 
 
+def _under_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+
+def browser_problem() -> str | None:
+    """Why the browser test cannot run here (None when it can)."""
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return ("the Python package `playwright` is missing: run `make venv` "
+                "(it is in the [test] extra; never `playwright install`)")
+    if shutil.which("chromium") is None:
+        return ("chromium is not on PATH: install Debian's with `sudo apt-get install chromium` "
+                "(never `playwright install`), then rerun `make test`")
+    return None
+
+
+@pytest.fixture(scope="session")
+def chromium_path() -> str:
+    problem = browser_problem()
+    if problem:
+        if _under_ci():
+            pytest.fail(f"browser test cannot run under CI=true: {problem}", pytrace=False)
+        pytest.skip(f"browser test skipped: {problem}")
+    return shutil.which("chromium")
+
+
 @pytest.fixture(scope="module")
 def chromium(chromium_path):
     """A headless Chromium (a Playwright ``Browser``) for one test module; its tests open contexts in it."""
     from playwright.sync_api import sync_playwright
-
-    from test_browser import CHROMIUM_FLAGS
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=chromium_path, headless=True, args=CHROMIUM_FLAGS)

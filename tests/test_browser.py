@@ -73,9 +73,6 @@ WIDGET_TIMEOUT_S = 30    # widget views to render after the run
 SLIDER_TIMEOUT_S = 30    # a slider's output to change after one arrow-key step
 POLL_MS = 250            # wait_for_function needs an explicit polling interval in headless Chromium
 
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--no-first-run", "--disable-quic"]
 VIEWPORT = {"width": 1280, "height": 900}
 MAX_SCREENSHOT_HEIGHT = 30000
 
@@ -85,33 +82,6 @@ TEST_SETTINGS = {
     "@jupyterlab/notebook-extension:tracker": {"windowingMode": "none", "scrollPastEnd": False},
 }
 IMAGE_MIMES = ("image/png", "image/jpeg", "image/svg+xml")
-
-
-def _under_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
-
-
-def browser_problem() -> str | None:
-    """Why the browser test cannot run here (None when it can)."""
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        return ("the Python package `playwright` is missing: run `make venv` "
-                "(it is in the [test] extra; never `playwright install`)")
-    if shutil.which("chromium") is None:
-        return ("chromium is not on PATH: install Debian's with `sudo apt-get install chromium` "
-                "(never `playwright install`), then rerun `make test`")
-    return None
-
-
-@pytest.fixture(scope="session")
-def chromium_path() -> str:
-    problem = browser_problem()
-    if problem:
-        if _under_ci():
-            pytest.fail(f"browser test cannot run under CI=true: {problem}", pytrace=False)
-        pytest.skip(f"browser test skipped: {problem}")
-    return shutil.which("chromium")
 
 
 def _get(url: str, timeout: float = 5) -> tuple[int, bytes]:

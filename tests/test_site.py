@@ -36,8 +36,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
 import install_cell  # noqa: E402
-# chromium_path: the browser test's fixture (skip with advice, or fail under CI=true, where chromium is missing)
-from test_browser import chromium_path  # noqa: E402,F401
 
 from lora_edu.course import CHAPTERS  # noqa: E402
 
