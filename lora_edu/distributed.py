@@ -592,7 +592,7 @@ class _Run:
             losses.append(float(loss))
         sizes = list(counter.sizes)
         self.ddp_buckets[mode] = sizes
-        # kept on the CPU: a copy on the GPU would sit in every later peak (the 2026-11-30 record has 0.46 GiB of it)
+        # kept on the CPU: a copy on the GPU would sit in every later peak (commit 524e721's record had 0.46 GiB of it)
         self.final[mode] = {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters()
                             if p.requires_grad}
         resident = self.resident()
@@ -772,8 +772,8 @@ class _Run:
         # the model's two numbers: the fixed cost is the quickest all-reduce of any size (every size pays it;
         # on NVLink everything up to 1 MiB takes the same time, and on a busy CPU the smallest message is not
         # always the quickest), the bandwidth is the bus bandwidth of the largest message. The JSON names the
-        # size that gave the latency. (The 2026-11-30 record predates this rule: its latency is its first,
-        # smallest size, 4 KB, and its JSON has no "model_latency_rule".)
+        # size that gave the latency. (Commit 524e721's record predates this rule: its latency was its first,
+        # smallest size, 4 KB.)
         quickest = min(range(len(sizes)), key=seconds.__getitem__)
         latency, bus = seconds[quickest], bus_bandwidth(sizes[-1], seconds[-1], self.world)
         out: dict[str, Any] = {"sizes": sizes, "seconds": seconds,
