@@ -274,10 +274,13 @@ def test_fsdp2_matches_ddp_and_moves_the_predicted_bytes(job):
     for rec in (result["ddp"]["full"], result["fsdp"]["full"]):  # each rank's peak holds at least its state
         for peak, held in zip(rec["peak_bytes"], rec["state_bytes"]):
             assert peak >= held["weights"] + held["optimizer"]
-    if result["device"] == "cuda":  # nothing but the model's own state sits on the GPU before its step (the
-        for rec in (result["ddp"]["lora"], result["fsdp"]["lora"]):  # first record had a 0.46 GiB copy). Not
-            for resident, held in zip(rec["resident_bytes"], rec["state_bytes"]):  # counted in the state: cuBLAS
-                assert resident - sum(held.values()) < 128 * 2**20  # workspaces (65 MiB on the H200 for this model)
+    # Before its step little but the model's own state sits on the GPU (the first two-GPU record had a 0.46 GiB
+    # copy of trained weights there). The rest is memory no state counts: 65 MiB on the H200 for this tiny model
+    # (library workspaces, most likely); a bound of 16 MiB, written on CPUs, failed there.
+    if result["device"] == "cuda":
+        for rec in (result["ddp"]["lora"], result["fsdp"]["lora"]):
+            for resident, held in zip(rec["resident_bytes"], rec["state_bytes"]):
+                assert resident - sum(held.values()) < 128 * 2**20
 
 
 def test_fsdp1_needs_uniform_units_and_runs_on_either_backend(job):
@@ -416,11 +419,12 @@ def test_recorded_two_gpu_run_backs_the_chapter():
     rec = load_result("distributed_nvidia-h200x2.json")
     two = rec["two_gpus"]
     assert rec["environment"]["NCCL_NVLS_ENABLE"] == "0" and "NV18" in rec["topology"]
-    # the record's own -m gpu run failed one test on a tolerance written on CPUs (cuBLAS workspaces, 65 MiB); the
-    # corrected test ran green on the same machine afterwards (gpu_check_nvidia-h200x2.json). No other failure.
+    # the record's own -m gpu run: 6 passed, 1 failed on a bound written on CPUs (65 MiB outside the model's state;
+    # benchmarks/NOTES.md names the test); all 7 passed when re-run on the same kind of machine after the fix
+    # (gpu_check_nvidia-h200x2.json). The record stores counts only, so which test failed is the NOTES' word.
     rerun = load_result("gpu_check_nvidia-h200x2.json")["runs"][0]
-    assert rec["gpu_tests"]["passed"] >= 5 and rec["gpu_tests"]["failed"] <= 1
-    assert rec["gpu_tests"]["failed"] + rec["gpu_tests"]["passed"] == rerun["passed"] and rerun["failed"] == 0
+    assert (rec["gpu_tests"]["passed"], rec["gpu_tests"]["failed"]) == (6, 1)
+    assert (rerun["passed"], rerun["failed"]) == (7, 0)
     assert rec["script_status"] == (rec["gpu_tests"]["failed"] > 0)
     for mode, buckets in (("full", 13), ("lora", 2)):
         d, model = two["ddp"][mode], meta_model(mode, r=8)
@@ -442,14 +446,28 @@ def test_recorded_two_gpu_run_backs_the_chapter():
     # one-GPU job about 100 %
     n = two["settings"]["steps"]
     assert (n, two["settings"]["repeats"]) == (20, 10)
+    ranges = {}
     for mode in ("full", "lora"):
         t = two["timing"][mode]
         series = {k: [np.median(t[k]["steps_s"][i:i + n]) for i in range(0, len(t[k]["steps_s"]), n)]
                   for k in ("alone", "allreduce")}
         effs = [a / b for a, b in zip(series["alone"], series["allreduce"])]
         assert np.allclose(effs, t["efficiency_series"])
-        assert 0.9 <= t["efficiency"] <= 1.0 and min(effs) <= t["efficiency"] <= max(effs)
+        assert 0.9 <= t["efficiency"] <= 1.0 and min(effs) <= t["efficiency"] <= max(effs)  # "keep over 90 %"
         assert max(effs) - min(effs) > 0.2 and max(effs) > 1
+        ranges[mode] = (min(effs), max(effs))
+        # section 8: the step-time model's range (t_c = no_sync, t_ar = the replayed buckets' model, last bucket
+        # never hidden): full fine-tuning's median inside it ("at most 4 %" waiting), LoRA's just above (< 2 %)
+        t_c, t_ar = t["no_sync"]["median_s"], bw["schedule"][mode]["predicted_s"]
+        t_last = ring_allreduce_seconds(bw["schedule"][mode]["bucket_bytes"][-1], 2, bw["model_bus_bandwidth"],
+                                        bw["model_latency_s"])
+        best, worst = step_time_bounds(t_c, t_ar, BACKWARD_FRACTION[mode], t_last)
+        step = t["allreduce"]["median_s"]
+        if mode == "full":
+            assert round(100 * (worst / t_c - 1)) == 4 and best <= step <= worst
+        else:
+            assert worst < step < 1.02 * worst
+    assert ranges["full"][0] < ranges["lora"][1] and ranges["lora"][0] < ranges["full"][1]  # the ranges overlap
     one_lora = rec["one_gpu"]["timing"]["lora"]["single"]["median_s"]
     assert 0.97 < one_lora / two["timing"]["lora"]["allreduce"]["median_s"] < 1.03
     # DDP rebuilt its buckets: same count and total, one 768-entry vector moved from the first to the last
@@ -463,7 +481,7 @@ def test_recorded_two_gpu_run_backs_the_chapter():
 def test_recorded_peaks_are_chapter_07s_model_plus_what_was_resident():
     """Chapter 08's memory reading of the record: each DDP peak is chapter 07's keep_logits=True prediction plus
     DDP's buckets, and the residual (a tenth of a GiB) is what was already on the GPU before the step beyond the
-    model's state and the buckets (cuBLAS workspaces and the like). An earlier record kept a 0.46 GiB harness
+    model's state and the buckets (memory no model of the step counts). An earlier record kept a 0.46 GiB harness
     copy of the trained weights on the GPU; resident_bytes would show it. FSDP2 LoRA's two ranks peak alike and
     barely below DDP LoRA."""
     from lora_edu.memory import training_memory
