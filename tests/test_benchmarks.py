@@ -215,3 +215,64 @@ def test_slug():
     bench = load_benchmark()
     assert bench.slug("NVIDIA H200") == "nvidia-h200"
     assert bench.slug("  A100-SXM4 (80GB) ") == "a100-sxm4-80gb"
+
+
+# ---------------------------------------------------------------- benchmarks/step_profile.py
+
+
+def load_step_profile():
+    spec = importlib.util.spec_from_file_location("step_profile", ROOT / "benchmarks" / "step_profile.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("name, group", [
+    # kernel names as the H200's profiler reported them (benchmarks/results/nvidia-h200.json, profile_records)
+    ("nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_TNT", "matmul"),
+    ("void cublasLt::splitKreduce_kernel<32, 16, int, float, __nv_bfloat16, float>", "matmul"),
+    ("void at::native::vectorized_elementwise_kernel<8, at::native::CUDAFunctor_add<c10::BFloat16>>", "elementwise"),
+    ("void at::native::(anonymous namespace)::multi_tensor_apply_kernel<TensorListMetadata<4>, AdamFunctor>",
+     "optimizer"),
+    ("void at::native::reduce_kernel<512, 1, ReduceOp<float, MeanOps<float>>>", "reduction and normalisation"),
+    ("pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<64, 128>>", "attention"),
+    ("Memcpy DtoD (Device -> Device)", "copy"),
+    ("aten::mm", "matmul"), ("aten::_foreach_add_", "optimizer"), ("aten::native_layer_norm", "reduction and normalisation"),
+    ("some_unknown_kernel", "other"),
+])
+def test_kernel_groups_by_name(name, group):
+    assert load_step_profile().kernel_group(name) == group
+
+
+def test_kernel_group_rejects_a_non_string():
+    with pytest.raises(TypeError, match="kernel or operator name"):
+        load_step_profile().kernel_group(None)
+
+
+def test_step_profile_smoke_run_splits_the_saving_by_group(tmp_path):
+    """A CPU run of the tiny model writes the JSON: per method, groups that add up to the total, and a saving
+    per group that is exactly full's group minus LoRA's."""
+    sp = load_step_profile()
+    out = tmp_path / "sp.json"
+    assert sp.main(["--smoke", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert data["benchmark"] == "step_profile" and data["smoke"] is True
+    full, lora = data["methods"]["full"], data["methods"]["lora_fused"]
+    for rec in (full, lora):
+        assert rec["total_ms"] == pytest.approx(sum(rec["groups_ms"].values())) and rec["total_ms"] > 0
+        assert set(rec["groups_ms"]) <= {g for g, _ in sp.GROUPS} | {"other"} and rec["top_kernels"]
+    assert lora["total_params"] > full["total_params"] == full["trainable"] > lora["trainable"] > 0  # + adapters
+    for group, ms in data["saving_ms"].items():
+        assert ms == pytest.approx(full["groups_ms"].get(group, 0.0) - lora["groups_ms"].get(group, 0.0))
+    assert data["saving_total_ms"] == pytest.approx(sum(data["saving_ms"].values()))
+
+
+def test_output_layer_gemms_time_three_products_per_vocabulary():
+    sp = load_step_profile()
+    import torch
+    rows = sp.output_layer_gemms(16, 8, (7, 8), 2, torch.device("cpu"))
+    assert [(r["vocab"], r["op"]) for r in rows] == [(v, op) for v in (7, 8) for op in
+                                                    ("forward x·Wᵀ", "input gradient g·W", "weight gradient gᵀ·x")]
+    assert all(r["ms"] > 0 and r["tflops"] == pytest.approx(2 * 16 * 8 * r["vocab"] / (r["ms"] * 1e-3) / 1e12) for r in rows)
+    with pytest.raises(ValueError, match="must be positive"):
+        sp.output_layer_gemms(16, 8, (0,), 2, torch.device("cpu"))

@@ -171,6 +171,37 @@ def split_k_in_the_middle():
             and min(t[1] for t in others) < min(t[1] for t in split) and max(t[1] for t in split) < max(t[1] for t in others))
 
 
+@lru_cache(maxsize=None)
+def profile() -> dict:
+    return load_result("step_profile_nvidia-h200.json")
+
+
+def output_gemms(vocab):
+    return [g for g in profile()["output_layer_gemms"] if g["vocab"] == vocab]
+
+
+def kernel_group_of(name):
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("step_profile", ROOT / "benchmarks" / "step_profile.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.kernel_group(name)
+
+
+def wgrad_estimate_ms():
+    """Chapter 07's floor for the frozen matrices' weight gradients: 2 x tokens x weights at the matmul ceiling."""
+    shape = TransformerShape.gpt2_small()
+    tokens = settings()["batch"] * settings()["seq"]
+    matrices = shape.n_layers * (4 * shape.d_model**2 + 2 * shape.d_model * shape.d_ff) + shape.vocab * shape.d_model
+    return 2 * tokens * matrices / h200()["ceilings"]["matmul_flops"] * 1e3
+
+
+def adam_estimates_ms():
+    """Chapter 07's AdamW traffic estimates (28 or 80 bytes per parameter, at the start's and the end's copy ceiling)."""
+    n = TransformerShape.gpt2_small().parameters()
+    return [b * n / ceiling(w) * 1e3 for b in (28, 80) for w in ("start", "end")]
+
+
 def stock_floor(bw):
     return 1 + 6 * T * D * 2 / bw / (row("base_frozen", mode="forward_backward_graph")["median_ms"] * 1e-3)
 
@@ -229,8 +260,47 @@ CLAIMS = {
         lambda: (round(min(lora_gpu_ratios()), 2), round(max(lora_gpu_ratios()), 2)) == (0.71, 0.82),
     "cover between a quarter and a half of the measured saving":
         lambda: 0.25 <= estimate_coverage()[0] and estimate_coverage()[1] <= 0.5,
-    "a 768 × 768 result is a few dozen tiles of the usual 128 × 128 shape for 132 multiprocessors":
-        lambda: 24 <= (768 // 128) ** 2 <= 60 and h200()["system"]["multiprocessors"] == 132,
+    # the step profile (benchmarks/results/step_profile_nvidia-h200.json)
+    "its totals agree with the GPU-time column above to within 2 %":
+        lambda: all(abs(profile()["methods"][k]["total_ms"] / models()["lora_edu_transformer", k]["step_gpu_ms"] - 1) < 0.02
+                    for k in ("full", "lora_fused")),
+    "Matrix products are the largest share of the saving, then the optimizer":
+        lambda: list(profile()["saving_ms"])[:2] == ["matmul", "optimizer"],
+    "AdamW's kernels almost vanish with LoRA":
+        lambda: profile()["methods"]["lora_fused"]["groups_ms"].get("optimizer", 0) < 0.05 * profile()["saving_ms"]["optimizer"],
+    "their time is slightly above the top of the estimate":
+        lambda: 1 < profile()["saving_ms"]["optimizer"] / max(adam_estimates_ms()) < 1.1,
+    "Reductions and normalisation (the gradients of biases and LayerNorm weights, frozen under LoRA too) and the "
+    "copies and casts of gradients make most of the rest":
+        lambda: (lambda sv: sv["reduction and normalisation"] + sv["copy"] > 0.5 * (profile()["saving_total_ms"]
+                                                                                  - sv["matmul"] - sv["optimizer"]))(
+            profile()["saving_ms"]),
+    "the matrix products saved are more than twice what the arithmetic predicts":
+        lambda: profile()["saving_ms"]["matmul"] > 2 * wgrad_estimate_ms(),
+    "three matrix products, each called once per step, with `align1` in their names":
+        lambda: all(k["calls_per_step"] == 1 and "align1" in k["name"] and kernel_group_of(k["name"]) == "matmul"
+                    for k in profile()["methods"]["full"]["top_kernels"][:3]),
+    "Their times match the output layer's three products timed alone":
+        lambda: sorted(round(k["ms_per_step"], 1) for k in profile()["methods"]["full"]["top_kernels"][:3])
+        == sorted(round(g["ms"], 1) for g in output_gemms(50257)),
+    "GPT-2's vocabulary of 50,257 tokens, not a multiple of 8": lambda: TransformerShape.gpt2_small().vocab == 50257 != 8 * (50257 // 8),
+    "padded to 50,304, the next multiple of 64": lambda: 50304 == 64 * math.ceil(50257 / 64),
+    "a fifth or less of the speed they reach at 50,304":
+        lambda: all(a["tflops"] <= 0.2 * b["tflops"] for a, b in zip(output_gemms(50257), output_gemms(50304))),
+    "take over a third of the full step's GPU time":
+        lambda: 1 / 3 < sum(g["ms"] for g in output_gemms(50257)) / profile()["methods"]["full"]["total_ms"] < 1 / 2,
+    "alone it is most of the matrix products' share of the saving":
+        lambda: 0.5 < next(g["ms"] for g in output_gemms(50257) if g["op"].startswith("weight"))
+        / profile()["saving_ms"]["matmul"] < 1,
+    "Padding the vocabulary to 50,304": lambda: 50304 == 64 * math.ceil(50257 / 64),
+    "At 50,257 the matrix library has no fast kernel for the shape and falls back to a general one":
+        lambda: all("align1" in k["name"] for k in profile()["methods"]["full"]["top_kernels"][:3])
+        and all(g["tflops"] > 0.85 * h200()["ceilings"]["matmul_flops"] / 1e12 for g in output_gemms(50304)),
+    "under a sixth of their time":
+        lambda: sum(g["ms"] for g in output_gemms(50304)) < sum(g["ms"] for g in output_gemms(50257)) / 6,
+    "a larger speed-up than anything LoRA changes here":
+        lambda: sum(g["ms"] for g in output_gemms(50257)) - sum(g["ms"] for g in output_gemms(50304))
+        > profile()["saving_total_ms"],
     "**25 % training speed-up**": lambda: all(0.65 <= x <= 0.85 for x in lora_gpu_ratios()),
     "ours is of the same size": lambda: all(0.65 <= x <= 0.85 for x in lora_gpu_ratios()),
     "a 124 M model on one GPU": lambda: round(TransformerShape.gpt2_small().parameters() / 1e6) == 124,
