@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -100,7 +101,8 @@ def profile_steps(model: torch.nn.Module, ids: torch.Tensor, warmup: int, steps:
     groups: dict[str, float] = {}
     kernels: dict[str, list[float]] = {}
     for name, us in events:
-        groups[kernel_group(name)] = groups.get(kernel_group(name), 0.0) + us / 1e3 / steps
+        group = kernel_group(name)
+        groups[group] = groups.get(group, 0.0) + us / 1e3 / steps
         k = kernels.setdefault(name[:100], [0.0, 0])
         k[0] += us / 1e3 / steps
         k[1] += 1
@@ -131,7 +133,7 @@ def output_layer_gemms(tokens: int, d: int, vocabs: tuple[int, ...], iters: int,
             for _ in range(2):
                 fn()
             times = lora_gpu.time_calls(fn, iters, device)
-            ms = sorted(times)[len(times) // 2]
+            ms = statistics.median(times)
             out.append({"vocab": vocab, "op": name, "ms": ms, "tflops": 2 * tokens * d * vocab / (ms * 1e-3) / 1e12})
         del x, w, g
     return out

@@ -132,11 +132,7 @@ def crossing(method):
 def estimate_coverage():
     """Chapter 07's priced part of LoRA's model-level GPU saving (weight gradients at the matmul ceiling +
     AdamW's traffic at either copy ceiling), as fractions of the measured savings: (lowest, highest)."""
-    shape = TransformerShape.gpt2_small()
-    tokens = settings()["batch"] * settings()["seq"]
-    matrices = shape.n_layers * (4 * shape.d_model**2 + 2 * shape.d_model * shape.d_ff) + shape.vocab * shape.d_model
-    wgrad = 2 * tokens * matrices / h200()["ceilings"]["matmul_flops"] * 1e3
-    adam = [b * shape.parameters() / bw * 1e3 for b in (28, 80) for bw in (ceiling("start"), ceiling("end"))]
+    wgrad, adam = wgrad_estimate_ms(), adam_estimates_ms()
     m = models()
     saved = [m["lora_edu_transformer", "full"]["step_gpu_ms"] - m["lora_edu_transformer", k]["step_gpu_ms"]
              for k in ("lora_reference", "lora_fused")]
@@ -180,12 +176,17 @@ def output_gemms(vocab):
     return [g for g in profile()["output_layer_gemms"] if g["vocab"] == vocab]
 
 
-def kernel_group_of(name):
+@lru_cache(maxsize=None)
+def _step_profile_module():
     import importlib.util
     spec = importlib.util.spec_from_file_location("step_profile", ROOT / "benchmarks" / "step_profile.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.kernel_group(name)
+    return module
+
+
+def kernel_group_of(name):
+    return _step_profile_module().kernel_group(name)
 
 
 def wgrad_estimate_ms():
